@@ -1,0 +1,203 @@
+"""Prometheus metrics (contract: prefix ``agentsup_``, base units, counters end in ``_total``).
+
+One :class:`Metrics` per daemon, on its own registry, so that a test or the demo can run a
+daemon in-process without colliding with another. No label ever holds an id: ids go to the log.
+Hot-path users bind their labelled children once (``metrics.decisions[color]``) instead of
+calling ``.labels()`` per event.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+    start_http_server,
+)
+
+from supervisor import __version__
+from supervisor.config import Color
+from supervisor.protocol import ERROR_KINDS
+
+COLORS = (Color.BLUE, Color.GREEN)
+CHILD_STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
+PERMIT_REASONS = ("not_active", "stale_epoch", "duplicate", "unavailable")
+# Decision latency buckets, in seconds: agents decide in about a millisecond to a few seconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# A flip is one Lua call plus two socket writes: tens of microseconds to a few milliseconds.
+FLIP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
+
+
+class Metrics:
+    """Every metric the daemon exports, created on one registry."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        p = "agentsup_"
+        self.build_info = Gauge(
+            p + "build_info", "Build of agent-supervisor", ["version"], registry=r
+        )
+        self.build_info.labels(__version__).set(1)
+        self.active_epoch = Gauge(p + "active_epoch", "Current fencing epoch", registry=r)
+        self.active = Gauge(
+            p + "active", "1 for the color Redis says may act", ["color"], registry=r
+        )
+        self.child_role_active = Gauge(
+            p + "child_role_active",
+            "1 if the last role pushed to this color was active (two at once must never be)",
+            ["color"],
+            registry=r,
+        )
+        self.child_up = Gauge(
+            p + "child_up", "1 while the color's process is RUNNING", ["color"], registry=r
+        )
+        self.child_state = Gauge(
+            p + "child_state", "1 for the color's current state", ["color", "state"], registry=r
+        )
+        self.child_restarts = Counter(
+            p + "child_restarts_total", "Restarts of a color's process", ["color"], registry=r
+        )
+        self.flips = Counter(
+            p + "flips_total", "Changes of who may act, by reason", ["reason"], registry=r
+        )
+        self.rollbacks = Counter(
+            p + "rollbacks_total", "Rollbacks to stable, by trigger", ["trigger"], registry=r
+        )
+        self.triggers_fired = Counter(
+            p + "triggers_fired_total", "Triggers that fired", ["trigger", "severity"], registry=r
+        )
+        self.trigger_value = Gauge(
+            p + "trigger_value",
+            "A trigger's current value, in its own unit",
+            ["trigger", "color"],
+            registry=r,
+        )
+        self.trigger_threshold = Gauge(
+            p + "trigger_threshold", "A trigger's threshold", ["trigger"], registry=r
+        )
+        self.decisions_c = Counter(
+            p + "decisions_total", "Decisions reported", ["color"], registry=r
+        )
+        self.executions_c = Counter(
+            p + "executions_total", "Executions (money moved) reported", ["color"], registry=r
+        )
+        self.permits_granted = Counter(p + "permits_granted_total", "Permits granted", registry=r)
+        self.permits_denied = Counter(
+            p + "permits_denied_total", "Permits refused, by reason", ["reason"], registry=r
+        )
+        self.decision_latency_h = Histogram(
+            p + "decision_latency_seconds",
+            "Decision latency reported by the agent",
+            ["color"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.round_pnl_s = Summary(
+            p + "round_pnl", "PnL of each finished round", ["color"], registry=r
+        )
+        self.shadow_divergences = Counter(
+            p + "shadow_divergences_total",
+            "Shadow decisions that differed from the live ones",
+            registry=r,
+        )
+        self.canary_allocation = Gauge(
+            p + "canary_allocation", "Fraction of capital a color may use", ["color"], registry=r
+        )
+        self.flip_duration = Histogram(
+            p + "flip_duration_seconds",
+            "Verdict to flip committed and both children told",
+            buckets=FLIP_BUCKETS,
+            registry=r,
+        )
+        self.redis_up = Gauge(p + "redis_up", "1 while Redis answers", registry=r)
+        self.protocol_errors = Counter(
+            p + "protocol_errors_total", "Bad lines from a child", ["color", "kind"], registry=r
+        )
+        self.control_requests = Counter(
+            p + "control_requests_total",
+            "Control socket requests, by command and result",
+            ["command", "result"],
+            registry=r,
+        )
+        self.control_refused = Counter(
+            p + "control_refused_total",
+            "Control connections or requests refused",
+            ["reason"],
+            registry=r,
+        )
+        self.probation_seconds = Gauge(
+            p + "candidate_probation_seconds",
+            "How long the candidate has been in charge (0: none)",
+            registry=r,
+        )
+        self.probation_window = Gauge(
+            p + "probation_window_seconds",
+            "Probation a candidate must pass (0: operator confirms)",
+            registry=r,
+        )
+        self.heartbeat_age = Gauge(
+            p + "heartbeat_age_seconds",
+            "Seconds since a color's last heartbeat (protocol agents)",
+            ["color"],
+            registry=r,
+        )
+        self.alerts_sent = Counter(
+            p + "alerts_total", "Alerts raised, by trigger", ["trigger"], registry=r
+        )
+        self.webhook_failures = Counter(
+            p + "webhook_failures_total",
+            "Alerts the webhook did not accept after retries",
+            registry=r,
+        )
+
+        # Bound children for the hot path, and every label set touched once so that every
+        # series exists from the first scrape (a missing series hides an alert).
+        self.decisions = {c: self.decisions_c.labels(c.value) for c in COLORS}
+        self.executions = {c: self.executions_c.labels(c.value) for c in COLORS}
+        self.decision_latency = {c: self.decision_latency_h.labels(c.value) for c in COLORS}
+        self.round_pnl = {c: self.round_pnl_s.labels(c.value) for c in COLORS}
+        for c in COLORS:
+            self.active.labels(c.value)
+            self.child_role_active.labels(c.value)
+            self.child_up.labels(c.value)
+            self.child_restarts.labels(c.value)
+            self.canary_allocation.labels(c.value)
+            for kind in ERROR_KINDS:
+                self.protocol_errors.labels(c.value, kind)
+            for state in CHILD_STATES:
+                self.child_state.labels(c.value, state)
+        for reason in PERMIT_REASONS:
+            self.permits_denied.labels(reason)
+        self.redis_up.set(0)
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def set_child_state(self, color: Color, state: str) -> None:
+        for s in CHILD_STATES:
+            self.child_state.labels(color.value, s).set(1 if s == state else 0)
+        self.child_up.labels(color.value).set(1 if state == "RUNNING" else 0)
+
+    def set_active(self, active: Color | None, epoch: int) -> None:
+        self.active_epoch.set(epoch)
+        for c in COLORS:
+            self.active.labels(c.value).set(1 if c is active else 0)
+
+    def gauge_from(self, gauge: Gauge, fn: Callable[[], float]) -> None:
+        gauge.set_function(fn)
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the /metrics endpoint in its own thread; returns the bound port."""
+        self._server, self._thread = start_http_server(port, host, registry=self.registry)
+        return int(self._server.server_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
