@@ -1,0 +1,134 @@
+"""The supervisor's end of a child's channel: JSON lines over an inherited socketpair.
+
+This is the hot path. Bytes arrive in chunks (``data_received``); they are split on newlines
+with ``bytes.split`` (C speed), each line parsed with orjson and checked by
+:func:`supervisor.protocol.check`, and good messages handed to ``on_message`` synchronously.
+Anything wrong with a line (not JSON, not UTF-8, too long, a bad field) is counted, logged
+once per burst, answered with an ``error`` line, and the channel goes on: one bad line never
+costs an agent its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import orjson
+
+from supervisor import protocol
+from supervisor.logs import BurstLog
+
+_DUMPS_OPTS = orjson.OPT_APPEND_NEWLINE
+# A child that stops reading its socket must not make the supervisor buffer without bound.
+MAX_WRITE_BUFFER = 8 << 20
+
+
+class ChannelProtocol(asyncio.Protocol):
+    """One child's channel. ``on_message(msg)`` gets every valid message; ``on_error(kind,
+    detail)`` every bad line (after counting); ``on_closed()`` once when the socket closes."""
+
+    def __init__(
+        self,
+        on_message: Callable[[dict[str, Any]], None],
+        on_error: Callable[[str, str], None],
+        on_closed: Callable[[], None],
+        *,
+        max_line: int = protocol.MAX_LINE,
+    ) -> None:
+        self._on_message = on_message
+        self._on_error = on_error
+        self._on_closed = on_closed
+        self._max_line = max_line
+        self._buf = b""
+        self._discarding = False  # inside an oversized line: drop bytes up to the next newline
+        self._transport: asyncio.Transport | None = None
+        self._burst = BurstLog()
+        self.lines = 0
+        self.errors = 0
+
+    # asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not subclasses of asyncio.Transport, but behave as one.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._buf:
+            data = self._buf + data
+        parts = data.split(b"\n")
+        rest = parts.pop()
+        handle = self._handle_line
+        for line in parts:
+            if self._discarding:
+                self._discarding = False  # the tail of an oversized line ends here
+                continue
+            if len(line) > self._max_line:
+                self._error(protocol.E_OVERSIZE, f"{len(line)} bytes")
+                continue
+            handle(line)
+        if self._discarding:
+            self._buf = b""
+        elif len(rest) > self._max_line:
+            self._error(protocol.E_OVERSIZE, f"over {len(rest)} bytes without a newline")
+            self._discarding = True
+            self._buf = b""
+        else:
+            self._buf = rest
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._on_closed()
+
+    # lines ------------------------------------------------------------------------------
+    def _handle_line(self, line: bytes) -> None:
+        self.lines += 1
+        try:
+            msg = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            if not line.strip():
+                return  # a blank line is not worth an error
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                self._error(protocol.E_UTF8, repr(line[:80]))
+            else:
+                self._error(protocol.E_JSON, repr(line[:80]))
+            return
+        kind = protocol.check(msg)
+        if kind is None:
+            self._on_message(msg)
+        else:
+            self._error(kind, repr(line[:120]))
+
+    def _error(self, kind: str, detail: str) -> None:
+        self.errors += 1
+        self._on_error(kind, detail)
+        # Answer the child, but no more often than we log: garbage must not echo at line rate.
+        if self._burst.should_log(time.monotonic()) is not None:
+            self.send({"type": "error", "message": protocol.describe(kind), "kind": kind})
+
+    # writing ----------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        """Write one message; False if the channel is closed (the child is told nothing)."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return False
+        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            # The child stopped reading: cut it off rather than grow without bound. Its SDK
+            # takes a closed channel as the loss of its right to act, which is the safe side.
+            transport.abort()
+            return False
+        transport.write(orjson.dumps(msg, option=_DUMPS_OPTS))
+        return True
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()

@@ -1,0 +1,398 @@
+"""One color's child process: spawn, watch, restart with backoff, stop in order, always reap.
+
+States (a state changes only in :meth:`Child._set_state`)::
+
+    STOPPED ─start─► STARTING ─hello / start_seconds─► RUNNING
+                        │                                 │ exits
+                        ▼                                 ▼
+                      EXITED ─► BACKOFF ─► STARTING      EXITED ─► ... ─► FATAL (too many)
+    any ─stop()─► STOPPING ─► STOPPED
+
+Each child runs in its own process group with a parent-death signal, so that a daemon
+killed with -9 leaves nothing behind that could still move money; its pid, group and start
+time are also written to ``state_dir/children.json`` so that the next daemon can kill anything
+the signal missed (grandchildren keep the group).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential_jitter,
+)
+
+from supervisor.children.channel import ChannelProtocol
+from supervisor.config import AgentSection, Color
+from supervisor.logs import get as get_logger
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+_prctl = _libc.prctl
+
+
+def _die_with_parent() -> None:
+    # Runs in the forked child before exec: only an already-resolved C call, nothing that
+    # takes a lock. SIGKILL, because a child that outlives its supervisor has lost its fence.
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class ChildState(StrEnum):
+    STOPPED = "STOPPED"  # not running, on purpose
+    STARTING = "STARTING"  # spawned; waiting for hello or start_seconds
+    RUNNING = "RUNNING"  # said hello, or stayed up start_seconds
+    BACKOFF = "BACKOFF"  # exited unexpectedly; waiting before the next start
+    STOPPING = "STOPPING"  # SIGTERM sent to the group; waiting for it to exit
+    EXITED = "EXITED"  # just exited (passes on to BACKOFF, FATAL or STOPPED)
+    FATAL = "FATAL"  # restarted too often; left down until an operator acts
+
+
+class _Exited(Exception):
+    """The child exited without being asked to (tenacity retries these)."""
+
+    def __init__(self, returncode: int) -> None:
+        self.returncode = returncode
+        super().__init__(f"exited with {returncode}")
+
+
+class _ExitedAfterStableRun(Exception):
+    """The child exited after running long enough that its backoff starts over."""
+
+
+def start_time_of(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks): tells a pid from its reuse."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name is in parentheses and may contain spaces: split after the last ')'.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return int(fields[19])
+
+
+class Child:
+    """One color: the configured command run as a supervised child process."""
+
+    def __init__(
+        self,
+        color: Color,
+        cfg: AgentSection,
+        env: dict[str, str],
+        *,
+        on_message: Callable[[Child, dict[str, Any]], None],
+        on_protocol_error: Callable[[Child, str, str], None],
+        on_state: Callable[[Child], None],
+        on_exit: Callable[[Child, int], None],
+    ) -> None:
+        self.color = color
+        self.cfg = cfg
+        self._env = env
+        self._on_message = on_message
+        self._on_protocol_error = on_protocol_error
+        self._on_state = on_state
+        self._on_exit = on_exit
+        self.state = ChildState.STOPPED
+        self.pid: int | None = None
+        self.start_time: int | None = None  # /proc start time of the current process
+        self.started_at: float | None = None  # monotonic, when the current process started
+        self.restarts = 0
+        self.last_exit: int | None = None
+        self.hello: dict[str, Any] | None = None  # the hello message, once it came
+        self.last_heartbeat: float | None = None  # monotonic
+        self.channel: ChannelProtocol | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stopping = asyncio.Event()
+        self.spawned = asyncio.Event()  # set once the first start has been tried
+        self._revive = asyncio.Event()
+        self._exits: deque[float] = deque()
+        self._pumps: list[asyncio.Task[None]] = []
+        self.log = get_logger("child", color=color.value, version=cfg.version)
+
+    # state ------------------------------------------------------------------------------
+    def _set_state(self, state: ChildState) -> None:
+        if state is self.state:
+            return
+        self.log.info("child_state", state=state.value, previous=self.state.value, pid=self.pid)
+        self.state = state
+        self._on_state(self)
+
+    @property
+    def speaks_protocol(self) -> bool:
+        return self.hello is not None
+
+    @property
+    def uptime(self) -> float | None:
+        return None if self.started_at is None else time.monotonic() - self.started_at
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        """Write a message to the child if it speaks the protocol; False otherwise."""
+        channel = self.channel
+        if channel is None or self.hello is None:
+            return False
+        return channel.send(msg)
+
+    def said_hello(self, msg: dict[str, Any]) -> None:
+        self.hello = msg
+        self.last_heartbeat = time.monotonic()
+        if self.state is ChildState.STARTING:
+            self._set_state(ChildState.RUNNING)
+
+    # the supervision loop ---------------------------------------------------------------
+    async def supervise(self) -> None:
+        """Run the child until :meth:`stop`, restarting it with capped, jittered backoff;
+        more than ``max_restarts`` exits within ``period_s`` and it goes FATAL."""
+        policy = self.cfg.restart
+        while not self._stopping.is_set():
+            retrying = AsyncRetrying(
+                retry=retry_if_exception_type(_Exited),
+                wait=wait_exponential_jitter(
+                    initial=policy.backoff_initial_s,
+                    max=policy.backoff_max_s,
+                    jitter=policy.backoff_initial_s,
+                ),
+                stop=self._too_many_exits,
+                sleep=self._backoff,
+                before_sleep=self._entering_backoff,
+                reraise=True,
+            )
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        await self._run_once()
+            except _ExitedAfterStableRun:
+                if self._too_many_exits(None):
+                    await self._fatal()
+                continue  # a fresh backoff: it ran long enough to have been healthy
+            except _Exited:
+                await self._fatal()
+                continue
+            return  # _run_once returned: we were asked to stop
+
+    def _too_many_exits(self, _state: RetryCallState | None) -> bool:
+        now = time.monotonic()
+        while self._exits and now - self._exits[0] > self.cfg.restart.period_s:
+            self._exits.popleft()
+        return len(self._exits) > self.cfg.restart.max_restarts
+
+    def _entering_backoff(self, state: RetryCallState) -> None:
+        delay = state.next_action.sleep if state.next_action else 0.0
+        self.log.info("child_backoff", delay_s=round(delay, 3), exits=len(self._exits))
+        self._set_state(ChildState.BACKOFF)
+
+    async def _backoff(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _fatal(self) -> None:
+        self.log.error(
+            "child_fatal",
+            exits=len(self._exits),
+            period_s=self.cfg.restart.period_s,
+            hint="fix the agent, then `agentsup restart " + self.color.value + "`",
+        )
+        self._set_state(ChildState.FATAL)
+        waiters = {
+            asyncio.ensure_future(self._stopping.wait()),
+            asyncio.ensure_future(self._revive.wait()),
+        }
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        self._revive.clear()
+        self._exits.clear()
+
+    def revive(self) -> bool:
+        """Start a FATAL child again (an operator's decision). False if it was not FATAL."""
+        if self.state is not ChildState.FATAL:
+            return False
+        self._revive.set()
+        return True
+
+    async def _run_once(self) -> None:
+        if self._stopping.is_set():
+            return
+        self._set_state(ChildState.STARTING)
+        try:
+            proc = await self._spawn()
+        except OSError as exc:
+            self.spawned.set()
+            self.log.error("child_spawn_failed", error=str(exc), command=self.cfg.command)
+            self._exits.append(time.monotonic())
+            self._set_state(ChildState.EXITED)
+            raise _Exited(127) from None
+        self.spawned.set()
+        timer = asyncio.get_running_loop().call_later(self.cfg.start_seconds, self._started)
+        returncode = await proc.wait()
+        timer.cancel()
+        ran = self.uptime or 0.0
+        await self._after_exit(proc)
+        if self._stopping.is_set():
+            self._set_state(ChildState.STOPPED)
+            return
+        self.log.warning("child_exited", returncode=returncode, ran_s=round(ran, 3))
+        self._set_state(ChildState.EXITED)
+        self._exits.append(time.monotonic())
+        self.restarts += 1
+        self._on_exit(self, returncode)
+        if ran >= self.cfg.restart.period_s:
+            raise _ExitedAfterStableRun()
+        raise _Exited(returncode)
+
+    def _started(self) -> None:
+        if self.state is ChildState.STARTING:
+            self._set_state(ChildState.RUNNING)
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            env = dict(self._env)
+            env["AGENTSUP_FD"] = str(theirs.fileno())
+            proc = await asyncio.create_subprocess_exec(
+                *self.cfg.command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                cwd=self.cfg.cwd,
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,  # its own process group (and session)
+                preexec_fn=_die_with_parent,
+                limit=1 << 20,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._proc = proc
+        self.pid = proc.pid
+        self.start_time = start_time_of(proc.pid)
+        self.started_at = time.monotonic()
+        self.hello = None
+        self.last_heartbeat = None
+        self.last_exit = None
+        self.log = self.log.bind(pid=proc.pid)
+        loop = asyncio.get_running_loop()
+        _, channel = await loop.connect_accepted_socket(
+            lambda: ChannelProtocol(
+                lambda msg: self._on_message(self, msg),
+                lambda kind, detail: self._on_protocol_error(self, kind, detail),
+                self._channel_closed,
+            ),
+            ours,
+        )
+        self.channel = channel
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        self._pumps = [
+            asyncio.create_task(self._pump(proc.stdout, "stdout")),
+            asyncio.create_task(self._pump(proc.stderr, "stderr")),
+        ]
+        self.log.info("child_spawned", command=self.cfg.command)
+        return proc
+
+    def _channel_closed(self) -> None:
+        if self.hello is not None:
+            self.log.info("channel_closed")
+
+    async def _pump(self, stream: asyncio.StreamReader, name: str) -> None:
+        """Copy the child's output into the structured log, a line at a time."""
+        log = self.log.bind(stream=name)
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:  # a line over the limit: asyncio dropped it
+                log.warning("child_output_line_too_long")
+                continue
+            if not line:
+                return
+            log.info("child_output", line=line.decode("utf-8", "replace").rstrip())
+
+    async def _after_exit(self, proc: asyncio.subprocess.Process) -> None:
+        self.last_exit = proc.returncode
+        # The leader is gone; anything it left in its group goes with it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        for task in self._pumps:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), 1.0)
+            task.cancel()
+        self._pumps = []
+        self._proc = None
+        self.pid = None
+        self.start_time = None
+        self.started_at = None
+        self.log = self.log.unbind("pid")
+
+    # stopping ---------------------------------------------------------------------------
+    async def stop(self) -> None:
+        """SIGTERM to the group, wait ``stop_timeout_s``, SIGKILL the group; always reaped."""
+        self._stopping.set()
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            if self.state in (ChildState.FATAL, ChildState.BACKOFF, ChildState.EXITED):
+                self._set_state(ChildState.STOPPED)
+            return
+        self._set_state(ChildState.STOPPING)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), self.cfg.stop_timeout_s)
+        except TimeoutError:
+            self.log.warning("child_stop_timeout", timeout_s=self.cfg.stop_timeout_s)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+    def kill_now(self) -> None:
+        """SIGKILL the group at once (a forced exit); the supervision loop reaps."""
+        self._stopping.set()
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    def record(self) -> dict[str, int] | None:
+        """What the next daemon needs to find this process group again."""
+        if self.pid is None or self.start_time is None:
+            return None
+        return {"pid": self.pid, "start_time": self.start_time}
+
+
+def kill_leftovers(records: list[dict[str, int]]) -> list[int]:
+    """SIGKILL the process groups of a previous daemon's children that are still alive.
+
+    A group is killed when its leader is the same process (pid *and* start time) or is gone
+    (Linux never hands out a pid that still names a live group, so the members left are the
+    old child's). A pid reused by an unrelated process is left alone. Returns the groups."""
+    killed = []
+    for rec in records:
+        pid, start = rec.get("pid"), rec.get("start_time")
+        if not isinstance(pid, int) or pid <= 1:
+            continue
+        now = start_time_of(pid)
+        if now is not None and now != start:
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+            killed.append(pid)
+    return killed

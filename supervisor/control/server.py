@@ -1,0 +1,186 @@
+"""The control socket: JSON lines, one request and one response per line, on a Unix socket.
+
+Request::   {"cmd": "switch", "args": {"color": "green"}}
+Response::  {"ok": true, "result": {...}}
+            {"ok": false, "error": {"code": "already_active", "message": "..."}}
+
+The socket is created with mode 0600 (by default) and every connection's peer is checked
+with SO_PEERCRED against the allowed uids (root, the daemon's own uid, and
+``supervisor.allowed_uids``): anyone else gets one refusal line and the door closed, never a
+command. A malformed request gets an error response and the connection stays usable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from supervisor.control.commands import COMMANDS
+from supervisor.errors import Refused, SupervisorError
+from supervisor.logs import get as get_logger
+
+if TYPE_CHECKING:
+    from supervisor.daemon import Daemon
+
+log = get_logger("control")
+
+MAX_REQUEST = 64 * 1024
+_UCRED = struct.Struct("3i")  # pid, uid, gid
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    cmd: str
+    args: dict[str, Any] = {}
+
+
+def peer_uid(sock: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process on the other end of a Unix socket."""
+    pid, uid, _gid = _UCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    )
+    return pid, uid
+
+
+def error(code: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": code, "message": message}}
+
+
+class ControlServer:
+    def __init__(self, daemon: Daemon, path: Path, mode: int, allowed_uids: list[int]) -> None:
+        self.daemon = daemon
+        self.path = path
+        self.mode = mode
+        self.allowed = {0, os.getuid(), *allowed_uids}
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        await self._clear_stale_socket()
+        # Bind under a tight umask so the socket never exists with looser permissions, even
+        # for the instant before the chmod.
+        old = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._serve, path=str(self.path), limit=MAX_REQUEST
+            )
+        finally:
+            os.umask(old)
+        os.chmod(self.path, self.mode)
+
+    async def _clear_stale_socket(self) -> None:
+        if not self.path.exists():
+            return
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(self.path)), 1.0)
+        except (OSError, TimeoutError):
+            self.path.unlink(missing_ok=True)  # left behind by a daemon that died
+            return
+        writer.close()
+        raise SupervisorError(f"another daemon answers on {self.path}; refusing to start twice")
+
+    async def close(self) -> None:
+        """Stop accepting; let requests in flight finish (bounded by the caller)."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def drain(self) -> None:
+        for task in list(self._conns):
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        metrics = self.daemon.metrics
+        try:
+            sock = writer.get_extra_info("socket")
+            pid, uid = peer_uid(sock)
+            if uid not in self.allowed:
+                metrics.control_refused.labels("uid").inc()
+                log.warning(
+                    "control_refused", peer_pid=pid, peer_uid=uid, allowed=sorted(self.allowed)
+                )
+                await self._reply(
+                    writer,
+                    error(
+                        "forbidden",
+                        f"uid {uid} may not control this daemon (see supervisor.allowed_uids)",
+                    ),
+                )
+                return
+            while True:
+                try:
+                    line = await reader.readline()
+                except ValueError:
+                    metrics.control_refused.labels("too_long").inc()
+                    await self._reply(
+                        writer, error("bad_request", f"request longer than {MAX_REQUEST} bytes")
+                    )
+                    return
+                if not line:
+                    return
+                response = await self._handle(line, uid)
+                await self._reply(writer, response)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._conns.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _reply(self, writer: asyncio.StreamWriter, response: dict[str, Any]) -> None:
+        writer.write(orjson.dumps(response, option=orjson.OPT_APPEND_NEWLINE))
+        await writer.drain()
+
+    async def _handle(self, line: bytes, uid: int) -> dict[str, Any]:
+        metrics = self.daemon.metrics
+        try:
+            request = Request.model_validate(orjson.loads(line))
+        except (orjson.JSONDecodeError, ValidationError) as exc:
+            metrics.control_refused.labels("bad_request").inc()
+            return error("bad_request", f"not a valid request: {_short(exc)}")
+        command = COMMANDS.get(request.cmd)
+        if command is None:
+            metrics.control_refused.labels("unknown_command").inc()
+            return error(
+                "unknown_command",
+                f"unknown command {request.cmd!r}; known: {', '.join(sorted(COMMANDS))}",
+            )
+        try:
+            args = command.Args.model_validate(request.args)
+        except ValidationError as exc:
+            metrics.control_refused.labels("bad_request").inc()
+            return error("bad_request", f"{request.cmd}: {_short(exc)}")
+        try:
+            result = await command.run(self.daemon, args, by=f"uid:{uid}")
+        except Refused as exc:
+            metrics.control_requests.labels(request.cmd, "refused").inc()
+            return error(exc.code, str(exc))
+        except SupervisorError as exc:
+            metrics.control_requests.labels(request.cmd, "error").inc()
+            return error(exc.code, str(exc))
+        metrics.control_requests.labels(request.cmd, "ok").inc()
+        return {"ok": True, "result": result}
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in exc.errors()
+        )
+    return str(exc)

@@ -1,0 +1,614 @@
+"""``agentsup run``: the daemon, from an ordered start to an ordered, bounded stop.
+
+Start: state_dir → leftovers of a killed predecessor → Redis (embedded or not) → reconcile the
+active key and bump the epoch → children → control socket → metrics → ``READY=1``.
+Stop (SIGTERM, SIGINT, or the ``shutdown`` command, all the same path): ``STOPPING=1`` → stop
+taking commands → quiesce the children → stop them within their timeouts → metrics, Redis,
+the embedded Redis last. A second SIGINT forces: SIGKILL to every child group, exit at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+import uuid
+from collections.abc import Coroutine
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from supervisor import __version__
+from supervisor.arbiter.arbiter import Arbiter, EpochMark
+from supervisor.arbiter.scripts import Keys
+from supervisor.arbiter.watch import watch_active_key
+from supervisor.children.process import Child, ChildState, kill_leftovers
+from supervisor.config import Color, Config
+from supervisor.control.server import ControlServer
+from supervisor.embedded_redis import EmbeddedRedis
+from supervisor.errors import RedisUnavailable, Refused
+from supervisor.guard.verdict import Action, Severity, Verdict
+from supervisor.logs import get as get_logger
+from supervisor.metrics import Metrics
+from supervisor.notify import CHILD_ENV_STRIP, Notifier
+from supervisor.pipeline import Pipeline
+from supervisor.rollout import Change, Rollout
+
+log = get_logger("daemon")
+
+HOUSEKEEPING_S = 0.25
+PERMIT_STATS_S = 1.0
+
+
+class Daemon:
+    def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.notifier = notifier or Notifier()
+        sup = config.supervisor
+        self.keys = Keys(sup.namespace, config.redis.active_key)
+        self.embedded = (
+            EmbeddedRedis(sup.state_dir, config.redis.embedded_binary)
+            if config.redis.embedded
+            else None
+        )
+        self.redis = Redis.from_url(
+            config.redis_url(),
+            password=config.redis_password(),
+            socket_timeout=config.redis.socket_timeout_s,
+            socket_connect_timeout=config.redis.socket_timeout_s,
+            # One immediate retry (a connection gone stale across a Redis restart), then fail
+            # fast: a permit that waits is worse than a permit refused.
+            retry=Retry(NoBackoff(), 1),
+            health_check_interval=0,
+        )
+        self.arbiter = Arbiter(
+            self.redis, self.keys, EpochMark(sup.state_dir / "epoch"), config.redis.permit_ttl_s
+        )
+        versions = {c: config.agents[c].version for c in Color}
+        self.rollout = Rollout(self.arbiter, versions, self._on_change)
+        self.pipeline = Pipeline(
+            config,
+            self.metrics,
+            self.rollout,
+            on_verdict=self._on_verdict,
+            on_hello=self._on_hello,
+            on_permit=self._on_permit,
+            on_reply=self._on_reply,
+        )
+        env = self._child_env()
+        self.children = {
+            c: Child(
+                c,
+                config.agents[c],
+                {
+                    **env,
+                    **config.agents[c].env,
+                    "AGENTSUP_COLOR": c.value,
+                    "AGENTSUP_VERSION": config.agents[c].version,
+                },
+                on_message=self.pipeline.handle,
+                on_protocol_error=self.pipeline.protocol_error,
+                on_state=self._on_child_state,
+                on_exit=self._on_child_exit,
+            )
+            for c in Color
+        }
+        self.told: dict[Color, tuple[str, int] | None] = dict.fromkeys(Color)
+        self.control = ControlServer(
+            self, sup.control_socket, sup.control_socket_mode, sup.allowed_uids
+        )
+        self.stop_reason: str | None = None
+        self.exit_code = 0
+        self.started_at = time.monotonic()
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._redis_up = asyncio.Event()
+        self._hint = asyncio.Event()
+        self._mark_dirty = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._supervisors: list[asyncio.Task[None]] = []
+        self._rolling_back: set[Color] = set()
+        self._permit_seen: dict[str, int] = {}
+        self._sigints = 0
+
+    # life -------------------------------------------------------------------------------
+    async def run(self) -> int:
+        """Start, serve until asked to stop, stop in order. Returns the exit code."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_shutdown, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._sigint)
+        if self.notifier.watchdog_s:
+            self._loop(self._watchdog_loop())
+        starting = asyncio.create_task(self._start())
+        stop = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({starting, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+            elif starting.exception() is not None:
+                raise starting.exception()  # type: ignore[misc]
+            else:
+                await stop
+        finally:
+            stop.cancel()
+            await self._shutdown()
+            loop.remove_signal_handler(signal.SIGTERM)
+            loop.remove_signal_handler(signal.SIGINT)
+        return self.exit_code
+
+    def request_shutdown(self, why: str) -> None:
+        """Signal handlers and the ``shutdown`` command only record the request."""
+        if self.stop_reason is None:
+            self.stop_reason = why
+            log.info("shutdown_requested", reason=why)
+        self._stop.set()
+
+    def _sigint(self) -> None:
+        self._sigints += 1
+        if self._sigints == 1:
+            self.request_shutdown("SIGINT")
+            return
+        log.warning("forced_exit", hint="second SIGINT: killing every child group now")
+        for child in self.children.values():
+            child.kill_now()
+        os._exit(130)
+
+    async def _start(self) -> None:
+        sup = self.config.supervisor
+        sup.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._kill_leftovers()
+        if self.embedded is not None:
+            await self.embedded.start()
+        await self._connect_redis()
+        if not await self.arbiter.enable_notifications():
+            log.warning(
+                "keyspace_notifications_unavailable",
+                hint="operator SETs are picked up by the timer instead",
+            )
+        change = await self.rollout.start(sup.initial_active)
+        log.info(
+            "reconciled",
+            active=change.active,
+            epoch=change.epoch,
+            stable=self.rollout.state.stable,
+            candidate=self.rollout.state.candidate,
+        )
+        self._loop(self._health_loop())
+        self._loop(self._reconcile_loop())
+        self._loop(self._mark_loop())
+        self._loop(self._housekeeping_loop())
+        self._loop(watch_active_key(self.redis, self.keys.active, self._hint.set, self._redis_up))
+        self._supervisors = [
+            asyncio.create_task(c.supervise(), name=f"child-{c.color}")
+            for c in self.children.values()
+        ]
+        await asyncio.gather(*(c.spawned.wait() for c in self.children.values()))
+        await self.control.start()
+        address = self.config.metrics.address
+        if address is not None:
+            port = self.metrics.serve(*address)
+            log.info("metrics_listening", address=f"{address[0]}:{port}")
+        self.ready.set()
+        self.notifier.ready(self._status_line())
+        log.info(
+            "ready",
+            pid=os.getpid(),
+            control_socket=str(sup.control_socket),
+            startup_s=round(time.monotonic() - self.started_at, 3),
+        )
+
+    async def _connect_redis(self) -> None:
+        def waiting(state: Any) -> None:
+            log.warning(
+                "redis_unreachable",
+                url=self.config.redis_url(),
+                attempt=state.attempt_number,
+                hint="retrying; not READY until it answers",
+            )
+
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((RedisError, OSError)),
+            wait=wait_exponential_jitter(initial=0.1, max=5.0),
+            before_sleep=waiting,
+        ):
+            with attempt:
+                await self.redis.ping()
+        self._set_redis_up(True)
+
+    async def _shutdown(self) -> None:
+        self.notifier.stopping()
+        log.info("stopping", reason=self.stop_reason)
+        try:
+            async with asyncio.timeout(self.config.supervisor.shutdown_timeout_s):
+                await self.control.close()
+                for task in self._loops:
+                    task.cancel()
+                await asyncio.gather(*self._loops, return_exceptions=True)
+                for child in self.children.values():
+                    child.send({"type": "quiesce", "request_id": uuid.uuid4().hex})
+                await asyncio.gather(*(c.stop() for c in self.children.values()))
+                await asyncio.gather(*self._supervisors, return_exceptions=True)
+                await self.control.drain()
+                for task in list(self._tasks):
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        except TimeoutError:
+            log.error(
+                "shutdown_timeout",
+                timeout_s=self.config.supervisor.shutdown_timeout_s,
+                hint="killing what is left",
+            )
+            for child in self.children.values():
+                child.kill_now()
+            self.exit_code = self.exit_code or 1
+        self.metrics.close()
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+        if self.embedded is not None:
+            await self.embedded.stop()
+        (self.config.supervisor.state_dir / "children.json").unlink(missing_ok=True)
+        self.notifier.close()
+        log.info("stopped", exit_code=self.exit_code)
+
+    # tasks ------------------------------------------------------------------------------
+    def _loop(self, coro: Coroutine[Any, Any, None]) -> None:
+        """A long-lived task; if it ever fails, the failure surfaces and the daemon stops."""
+        task = asyncio.create_task(coro)
+        task.add_done_callback(self._loop_done)
+        self._loops.append(task)
+
+    def _loop_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("internal_task_failed", task=task.get_name(), exc_info=task.exception())
+            self.exit_code = 1
+            self.request_shutdown("internal error")
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """A short task (a rollback, a permit): tracked, its failure logged."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task_failed", task=task.get_name(), exc_info=task.exception())
+
+    async def _watchdog_loop(self) -> None:
+        assert self.notifier.watchdog_s is not None
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(self.notifier.watchdog_s / 2)
+
+    def _set_redis_up(self, up: bool) -> None:
+        if up == self._redis_up.is_set():
+            return
+        self.metrics.redis_up.set(1 if up else 0)
+        if up:
+            self._redis_up.set()
+            log.info("redis_up")
+        else:
+            self._redis_up.clear()
+            log.error("redis_down", hint="permits are refused until it answers again")
+        self.notifier.status(self._status_line())
+
+    async def _health_loop(self) -> None:
+        cfg = self.config.redis
+        while True:
+            try:
+                await asyncio.wait_for(self.redis.ping(), cfg.socket_timeout_s)
+                up = True
+            except (RedisError, OSError, TimeoutError):
+                up = False
+            if up and not self._redis_up.is_set():
+                await self.arbiter.enable_notifications()  # a restarted Redis forgot them
+                self._set_redis_up(True)
+                self._hint.set()  # re-read the truth now: notifications were lost meanwhile
+            elif not up:
+                self._set_redis_up(False)
+            await asyncio.sleep(cfg.health_interval_s)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hint.wait(), self.config.redis.reconcile_interval_s)
+            self._hint.clear()
+            if not self._redis_up.is_set():
+                continue
+            try:
+                await self.rollout.reconcile()
+            except RedisUnavailable:
+                pass  # the health loop reports it
+            except Refused:
+                self._hint.set()  # the key moved while we looked: look again
+
+    async def _mark_loop(self) -> None:
+        mark = self.arbiter.mark
+        while True:
+            await self._mark_dirty.wait()
+            self._mark_dirty.clear()
+            await asyncio.to_thread(mark.write, self.arbiter.seen)
+
+    async def _housekeeping_loop(self) -> None:
+        last_stats = 0.0
+        while True:
+            now = time.monotonic()
+            self.pipeline.check_heartbeats(self.children, now)
+            self._check_probation()
+            if self._redis_up.is_set() and now - last_stats >= PERMIT_STATS_S:
+                last_stats = now
+                await self._read_permit_stats()
+            await asyncio.sleep(HOUSEKEEPING_S)
+
+    def _check_probation(self) -> None:
+        s = self.rollout.state
+        window = self.config.rollout.probation_s
+        since = s.probation_since
+        self.metrics.probation_seconds.set(0 if since is None else max(0.0, time.time() - since))
+        if (
+            window > 0
+            and since is not None
+            and s.candidate is not None
+            and s.active is s.candidate
+            and time.time() - since >= window
+            and self.rollout.may_promote_automatically(s.candidate)
+            and not self.rollout.lock.locked()
+        ):
+            self._spawn(self._auto_confirm())
+
+    async def _auto_confirm(self) -> None:
+        with contextlib.suppress(Refused, RedisUnavailable):
+            await self.rollout.confirm("probation")
+
+    async def _read_permit_stats(self) -> None:
+        try:
+            stats = await self.arbiter.permit_stats()
+        except (RedisError, OSError):
+            return
+        for reason, count in stats.items():
+            delta = count - self._permit_seen.get(reason, 0)
+            if delta < 0:  # Redis came back empty: start counting again
+                delta = count
+            if delta:
+                if reason == "ok":
+                    self.metrics.permits_granted.inc(delta)
+                else:
+                    self.metrics.permits_denied.labels(reason).inc(delta)
+        self._permit_seen = stats
+
+    # callbacks from the parts -----------------------------------------------------------
+    def _on_change(self, change: Change) -> None:
+        if change.kind == "flip":
+            self.push_roles()
+            label = change.reason.split(":", 1)[0]
+            self.metrics.flips.labels(label).inc()
+            if change.trigger:
+                self.metrics.rollbacks.labels(change.trigger).inc()
+            self.metrics.set_active(change.active, change.epoch)
+            if change.started is not None:
+                self.metrics.flip_duration.observe(time.monotonic() - change.started)
+            if change.active is not change.previous:
+                self.pipeline.new_candidate()
+            self._mark_dirty.set()
+        else:
+            self.pipeline.new_stable()
+        self.notifier.status(self._status_line())
+
+    def push_roles(self) -> None:
+        """Tell both children who they are now (role, epoch, allocation)."""
+        s = self.rollout.state
+        for color, child in self.children.items():
+            role = "active" if color is s.active else "standby"
+            sent = child.send(
+                {
+                    "type": "role",
+                    "role": role,
+                    "epoch": s.epoch,
+                    "allocation": 1.0 if role == "active" else 0.0,
+                }
+            )
+            if sent:
+                self.told[color] = (role, s.epoch)
+            told = self.told[color]
+            self.metrics.child_role_active.labels(color.value).set(
+                1 if told is not None and told[0] == "active" else 0
+            )
+
+    def _on_hello(self, child: Child) -> None:
+        self.push_roles()
+        child.send({"type": "flags", "values": {}})
+
+    def _on_child_state(self, child: Child) -> None:
+        self.metrics.set_child_state(child.color, child.state.value)
+        if child.state is ChildState.STARTING:
+            self._write_children_record()
+        self.notifier.status(self._status_line())
+
+    def _on_child_exit(self, child: Child, returncode: int) -> None:
+        color = child.color
+        self.told[color] = None
+        self.metrics.child_role_active.labels(color.value).set(0)
+        self.metrics.child_restarts.labels(color.value).inc()
+        s = self.rollout.state
+        if s.active is color and s.candidate is color:
+            self.pipeline.child_exited(child, returncode)
+        elif s.active is color:
+            # The acting stable color died: whatever it left running is fenced off at once.
+            self._spawn(self._bump("restart"))
+
+    async def _bump(self, reason: str) -> None:
+        with contextlib.suppress(RedisUnavailable, Refused):
+            await self.rollout.bump(reason)
+
+    def _on_verdict(self, verdict: Verdict) -> None:
+        started = time.monotonic()
+        self.metrics.triggers_fired.labels(verdict.trigger, verdict.severity.value).inc()
+        level = (
+            log.error
+            if verdict.severity is Severity.CRITICAL
+            else (log.info if verdict.severity is Severity.LOW else log.warning)
+        )
+        level(
+            "trigger_fired",
+            trigger=verdict.trigger,
+            severity=verdict.severity.value,
+            color=verdict.color.value,
+            action=verdict.action.value,
+            message=verdict.message,
+            **verdict.numbers(),
+        )
+        if verdict.action is Action.ROLLBACK and verdict.color not in self._rolling_back:
+            self._rolling_back.add(verdict.color)
+            self._spawn(self._auto_rollback(verdict, started))
+
+    async def _auto_rollback(self, verdict: Verdict, started: float) -> None:
+        try:
+            change = await self.rollout.rollback(
+                verdict.reason,
+                "guard",
+                trigger=verdict.trigger,
+                automatic=True,
+                color=verdict.color,
+                started=started,
+            )
+            if change is not None:
+                log.error(
+                    "rolled_back",
+                    to=change.active,
+                    epoch=change.epoch,
+                    trigger=verdict.trigger,
+                    reason=verdict.reason,
+                    flip_ms=round((time.monotonic() - started) * 1000, 3),
+                )
+        except (RedisUnavailable, Refused) as exc:
+            log.error("rollback_not_committed", error=str(exc), trigger=verdict.trigger)
+        finally:
+            self._rolling_back.discard(verdict.color)
+
+    def _on_permit(self, child: Child, msg: dict[str, Any]) -> None:
+        self._spawn(self._permit(child, msg))
+
+    async def _permit(self, child: Child, msg: dict[str, Any]) -> None:
+        told = self.told[child.color]
+        epoch = told[1] if told else self.rollout.state.epoch
+        if told is None:
+            reason = "not_active"
+        else:
+            reason = await self.arbiter.permit(
+                child.color.value, epoch, msg["key"], f"{child.pid}:{msg['request_id']}"
+            )
+        if reason == "unavailable":
+            self.metrics.permits_denied.labels("unavailable").inc()
+        child.send(
+            {
+                "type": "permit_result",
+                "request_id": msg["request_id"],
+                "granted": reason == "ok",
+                "reason": reason,
+                "epoch": epoch,
+            }
+        )
+
+    def _on_reply(self, child: Child, msg: dict[str, Any]) -> None:
+        child.log.debug("unsolicited_reply", type=msg["type"], request_id=msg.get("request_id"))
+
+    # reporting --------------------------------------------------------------------------
+    def _status_line(self) -> str:
+        s = self.rollout.state
+        return (
+            f"active={s.active or 'none'} epoch={s.epoch} mode={s.mode} stable={s.stable} "
+            f"candidate={s.candidate or 'none'} "
+            f"redis={'up' if self._redis_up.is_set() else 'down'}"
+        )
+
+    def _kill_leftovers(self) -> None:
+        path = self.config.supervisor.state_dir / "children.json"
+        try:
+            records = orjson.loads(path.read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            return
+        if isinstance(records, list):
+            killed = kill_leftovers([r for r in records if isinstance(r, dict)])
+            if killed:
+                log.warning("killed_leftover_children", pids=killed)
+
+    def _write_children_record(self) -> None:
+        records = [r for r in (c.record() for c in self.children.values()) if r]
+        path = self.config.supervisor.state_dir / "children.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(records))
+        os.replace(tmp, path)
+
+    async def status(self, flips: int = 10) -> dict[str, Any]:
+        now = time.monotonic()
+        children = {}
+        for color, child in self.children.items():
+            told = self.told[color]
+            hb = child.last_heartbeat
+            children[color.value] = {
+                "state": child.state.value,
+                "pid": child.pid,
+                "version": child.cfg.version,
+                "role": told[0] if told else self.rollout.role_of(color),
+                "told_epoch": told[1] if told else None,
+                "uptime_s": round(child.uptime, 3) if child.uptime is not None else None,
+                "restarts": child.restarts,
+                "last_exit": child.last_exit,
+                "protocol": child.speaks_protocol,
+                "heartbeat_age_s": round(now - hb, 3) if hb is not None else None,
+            }
+        recent: list[dict[str, str]] = []
+        if self._redis_up.is_set() and flips:
+            with contextlib.suppress(RedisError, OSError):
+                recent = await self.arbiter.flips(flips)
+        return {
+            **self.rollout.describe(),
+            "name": self.config.supervisor.name,
+            "namespace": self.config.supervisor.namespace,
+            "redis": "up" if self._redis_up.is_set() else "down",
+            "children": children,
+            "flips": recent,
+            "events": self.pipeline.events,
+            "pid": os.getpid(),
+            "version": __version__,
+            "uptime_s": round(now - self.started_at, 3),
+            "probation_s": self.config.rollout.probation_s,
+        }
+
+    def _child_env(self) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in CHILD_ENV_STRIP and not k.startswith("WATCHDOG_")
+        }
+        env.update(
+            {
+                "AGENTSUP_REDIS_URL": self.config.redis_url(),
+                "AGENTSUP_NAMESPACE": self.config.supervisor.namespace,
+                "AGENTSUP_ACTIVE_KEY": self.config.redis.active_key,
+                "AGENTSUP_PERMIT_TTL_MS": str(self.config.redis.permit_ttl_s * 1000),
+            }
+        )
+        password = self.config.redis_password()
+        if password:
+            env["AGENTSUP_REDIS_PASSWORD"] = password
+        return env
+
+
+def run(config: Config) -> int:
+    """Run the daemon on uvloop until it stops; returns the process exit code."""
+    import uvloop
+
+    return int(uvloop.run(Daemon(config).run()))

@@ -1,0 +1,331 @@
+"""Stable and candidate: who is known good, who is on probation, and every change of who acts.
+
+All changes go through :class:`Rollout`, under one lock, and each is one arbiter call that
+also records the rollout fields in Redis, so a daemon killed with -9 and started again adopts
+exactly what Redis holds. The rules:
+
+- ``switch COLOR`` puts COLOR in charge; if it is not the stable color it becomes the
+  candidate, on probation. An operator's switch also clears an earlier automatic rejection.
+- ``confirm`` makes the acting candidate stable (an operator's word, or probation passed).
+- ``rollback`` returns control to stable. After an *automatic* rollback the candidate's
+  version is rejected: nothing automatic promotes it again until an operator switches to it.
+- An operator's ``redis-cli SET`` of the active key is adopted like a switch (reason
+  ``external``); a deleted key, or Redis come back empty, is restored (reason ``restored``);
+  a value that is not a color leaves no one in charge (fail closed) until a switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from supervisor.arbiter.arbiter import Arbiter
+from supervisor.config import Color
+from supervisor.errors import RedisUnavailable, Refused
+from supervisor.logs import get as get_logger
+
+log = get_logger("rollout")
+
+
+class Mode(StrEnum):
+    BLUE_GREEN = "blue-green"  # one color acts, the other stands by warm
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A committed change of who acts (``kind="flip"``) or of who is stable (``"confirm"``)."""
+
+    kind: str
+    active: Color | None
+    previous: Color | None
+    epoch: int
+    reason: str
+    by: str
+    trigger: str | None = None
+    started: float | None = None  # monotonic time of the verdict or request, for latency
+
+
+@dataclass
+class RolloutState:
+    active: Color | None = None
+    epoch: int = 0
+    stable: Color = Color.BLUE
+    candidate: Color | None = None
+    probation_since: float | None = None  # wall clock, when the candidate took charge
+    rejected: dict[Color, str] = field(default_factory=dict)  # color -> rejected version
+    mode: Mode = Mode.BLUE_GREEN
+
+    def fields(self) -> dict[str, str]:
+        """The rollout hash in Redis ('' deletes a field)."""
+        return {
+            "mode": self.mode.value,
+            "stable": self.stable.value,
+            "candidate": self.candidate.value if self.candidate else "",
+            "probation_since": f"{self.probation_since:.3f}" if self.probation_since else "",
+            "rejected_blue": self.rejected.get(Color.BLUE, ""),
+            "rejected_green": self.rejected.get(Color.GREEN, ""),
+        }
+
+    def load(self, fields: dict[str, str]) -> None:
+        if fields.get("stable") in ("blue", "green"):
+            self.stable = Color(fields["stable"])
+        cand = fields.get("candidate", "")
+        self.candidate = Color(cand) if cand in ("blue", "green") else None
+        since = fields.get("probation_since", "")
+        self.probation_since = float(since) if since else None
+        self.rejected = {
+            c: fields[f"rejected_{c.value}"] for c in Color if fields.get(f"rejected_{c.value}")
+        }
+
+
+def _color(value: str | None) -> Color | None:
+    return Color(value) if value in ("blue", "green") else None
+
+
+class Rollout:
+    """The owner of who acts. ``on_change`` is called (synchronously, before the method
+    returns) after every committed change: the daemon pushes roles from there."""
+
+    def __init__(
+        self, arbiter: Arbiter, versions: dict[Color, str], on_change: Callable[[Change], None]
+    ) -> None:
+        self.arbiter = arbiter
+        self.versions = versions
+        self._on_change = on_change
+        self.state = RolloutState()
+        self.lock = asyncio.Lock()
+        # An automatic rollback that could not be committed (Redis down): applied first thing
+        # when Redis answers again.
+        self.pending: tuple[str, str, float] | None = None  # (reason, trigger, started)
+
+    # reading ----------------------------------------------------------------------------
+    def role_of(self, color: Color) -> str:
+        return "active" if color is self.state.active else "standby"
+
+    def describe(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "active": s.active.value if s.active else None,
+            "epoch": s.epoch,
+            "stable": s.stable.value,
+            "candidate": s.candidate.value if s.candidate else None,
+            "mode": s.mode.value,
+            "probation_since": s.probation_since,
+            "rejected": {c.value: v for c, v in s.rejected.items()},
+            "pending_rollback": self.pending[0] if self.pending else None,
+        }
+
+    def may_promote_automatically(self, color: Color) -> bool:
+        return self.state.rejected.get(color) != self.versions[color]
+
+    # committing -------------------------------------------------------------------------
+    async def _flip(
+        self,
+        to: Color | None,
+        reason: str,
+        by: str,
+        nxt: RolloutState,
+        *,
+        expect: str | None = None,
+        record_from: str | None = None,
+        trigger: str | None = None,
+        started: float | None = None,
+    ) -> Change:
+        previous = self.state.active
+        flip = await self.arbiter.flip(
+            to.value if to else None,
+            reason,
+            by,
+            expect=expect,
+            record_from=record_from,
+            rollout=nxt.fields(),
+        )
+        if flip.status == "conflict":
+            # The key moved under us (an operator's SET in the same instant): re-read first.
+            raise Refused("conflict", f"the active key changed to {flip.from_!r} meanwhile")
+        nxt.active = _color(flip.to)
+        nxt.epoch = flip.epoch
+        self.state = nxt
+        change = Change("flip", nxt.active, previous, flip.epoch, reason, by, trigger, started)
+        log.info(
+            "flip",
+            active=flip.to or None,
+            previous=previous,
+            epoch=flip.epoch,
+            reason=reason,
+            by=by,
+            trigger=trigger,
+            status=flip.status,
+        )
+        self._on_change(change)
+        return change
+
+    def _next(self) -> RolloutState:
+        s = self.state
+        return RolloutState(
+            s.active, s.epoch, s.stable, s.candidate, s.probation_since, dict(s.rejected), s.mode
+        )
+
+    async def start(self, initial: Color, by: str = "supervisor") -> Change:
+        """At daemon start: adopt what Redis holds (or ``initial`` when it holds no color)
+        and bump the epoch so that anything left over from before is fenced."""
+        async with self.lock:
+            truth = await self.arbiter.read()
+            nxt = self._next()
+            nxt.load(truth.rollout)
+            if not truth.rollout.get("stable"):
+                nxt.stable = _color(truth.active) or initial
+            to = None if truth.active is not None else nxt.stable
+            if truth.active is not None and _color(truth.active) is None:
+                log.error(
+                    "active_key_invalid",
+                    value=truth.active,
+                    hint="no color acts until `agentsup switch COLOR`",
+                )
+            return await self._flip(to, "start", by, nxt)
+
+    async def switch(self, color: Color, by: str, started: float | None = None) -> Change:
+        async with self.lock:
+            s = self.state
+            if s.active is color:
+                raise Refused("already_active", f"{color} is already in charge (epoch {s.epoch})")
+            nxt = self._next()
+            if color is s.stable:
+                nxt.candidate = None
+                nxt.probation_since = None
+            else:
+                nxt.candidate = color
+                nxt.probation_since = time.time()
+                nxt.rejected.pop(color, None)
+            return await self._flip(color, "switch", by, nxt, started=started)
+
+    async def confirm(self, by: str) -> Change:
+        async with self.lock:
+            s = self.state
+            if s.candidate is None or s.active is not s.candidate:
+                raise Refused("no_candidate", "no candidate is in charge to confirm")
+            nxt = self._next()
+            nxt.stable, nxt.candidate, nxt.probation_since = s.candidate, None, None
+            nxt.rejected.pop(s.candidate, None)
+            await self.arbiter.save_rollout(nxt.fields())
+            self.state = nxt
+            change = Change("confirm", nxt.active, nxt.active, nxt.epoch, "confirm", by)
+            log.info("confirmed", stable=nxt.stable, version=self.versions[nxt.stable], by=by)
+            self._on_change(change)
+            return change
+
+    async def rollback(
+        self,
+        reason: str,
+        by: str,
+        *,
+        trigger: str | None = None,
+        automatic: bool = False,
+        color: Color | None = None,
+        started: float | None = None,
+    ) -> Change | None:
+        """Return control to stable. ``automatic`` rollbacks (a trigger fired) reject the
+        candidate's version and are a no-op unless ``color`` is still the acting candidate."""
+        async with self.lock:
+            s = self.state
+            if automatic and (
+                s.candidate is None
+                or s.active is not s.candidate
+                or (color is not None and color is not s.candidate)
+            ):
+                return None
+            if s.active is s.stable and s.candidate is None:
+                raise Refused("nothing_to_roll_back", f"{s.stable} is stable and in charge")
+            nxt = self._next()
+            if automatic and s.candidate is not None:
+                nxt.rejected[s.candidate] = self.versions[s.candidate]
+            nxt.candidate, nxt.probation_since = None, None
+            try:
+                return await self._flip(s.stable, reason, by, nxt, trigger=trigger, started=started)
+            except RedisUnavailable:
+                if automatic:
+                    self.pending = (reason, trigger or "", started or time.monotonic())
+                    log.error(
+                        "rollback_pending",
+                        reason=reason,
+                        hint="Redis is unreachable; applied as soon as it answers",
+                    )
+                raise
+
+    async def bump(self, reason: str, by: str = "supervisor") -> Change:
+        """Raise the epoch without changing who acts (the acting child restarted)."""
+        async with self.lock:
+            return await self._flip(
+                None,
+                reason,
+                by,
+                self._next(),
+                expect=self.state.active.value if self.state.active else None,
+            )
+
+    async def reconcile(self) -> Change | None:
+        """Re-read the truth and act on any difference: a pending rollback, an operator's
+        SET, a deleted key, an epoch that moved. Called on a keyspace hint, after a
+        reconnect and on a timer."""
+        async with self.lock:
+            if self.pending is not None:
+                reason, trigger, started = self.pending
+                s = self.state
+                nxt = self._next()
+                if s.candidate is not None:
+                    nxt.rejected[s.candidate] = self.versions[s.candidate]
+                nxt.candidate, nxt.probation_since = None, None
+                change = await self._flip(
+                    s.stable, reason, "guard", nxt, trigger=trigger or None, started=started
+                )
+                self.pending = None
+                return change
+            truth = await self.arbiter.read()
+            s = self.state
+            known = s.active.value if s.active else None
+            if truth.active is None:
+                # Deleted, or Redis came back empty: put back what we know (the epoch still
+                # rises past the on-disk mark).
+                nxt = self._next()
+                return await self._flip(s.active or s.stable, "restored", "supervisor", nxt)
+            observed = _color(truth.active)
+            if observed is None:
+                if s.active is None and truth.epoch == s.epoch:
+                    return None  # already adopted this invalid value
+                log.error(
+                    "active_key_invalid",
+                    value=truth.active,
+                    hint="no color acts until `agentsup switch COLOR`",
+                )
+                nxt = self._next()
+                return await self._flip(
+                    None, "external", "redis", nxt, expect=truth.active, record_from=known or ""
+                )
+            if observed is not s.active:
+                nxt = self._next()
+                if observed is s.stable:
+                    nxt.candidate, nxt.probation_since = None, None
+                else:
+                    nxt.candidate, nxt.probation_since = observed, time.time()
+                    nxt.rejected.pop(observed, None)
+                return await self._flip(
+                    None, "external", "redis", nxt, expect=truth.active, record_from=known or ""
+                )
+            if truth.epoch < s.epoch:
+                # Redis went back in time (restored from an old dump): fence above our mark.
+                return await self._flip(
+                    None, "epoch_regressed", "supervisor", self._next(), expect=truth.active
+                )
+            if truth.epoch > s.epoch:
+                # Someone else raised the epoch (an operator's INCR): adopt it and tell both.
+                previous = s.active
+                self.state.epoch = truth.epoch
+                change = Change("flip", s.active, previous, truth.epoch, "external_epoch", "redis")
+                log.warning("epoch_adopted", epoch=truth.epoch)
+                self._on_change(change)
+                return change
+            return None
