@@ -432,7 +432,7 @@ class Daemon:
 
     def _on_child_state(self, child: Child) -> None:
         self.metrics.set_child_state(child.color, child.state.value)
-        if child.state is ChildState.STARTING:
+        if child.state is ChildState.STARTING and child.pid is not None:
             self._write_children_record()
         self.notifier.status(self._status_line())
 

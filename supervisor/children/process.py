@@ -305,6 +305,7 @@ class Child:
             asyncio.create_task(self._pump(proc.stderr, "stderr")),
         ]
         self.log.info("child_spawned", command=self.cfg.command)
+        self._on_state(self)  # same state, new pid: the daemon records it
         return proc
 
     def _channel_closed(self) -> None:

@@ -4,6 +4,7 @@ heartbeat every $RAW_HEARTBEAT_S, and prints every line it receives as ``recv <j
 the test can see, in the daemon's log, exactly what this child was told.
 
 $RAW_PERMIT_KEY: on each role push, ask for a permit on this key through the channel.
+$RAW_PERMIT_EVERY_S: instead, ask for a permit on a fresh key ($RAW_PERMIT_KEY-N) this often.
 $RAW_AFTER_HELLO: bytes (a file path) to send after the hello.
 """
 
@@ -47,8 +48,22 @@ def heartbeats() -> None:
 
 threading.Thread(target=heartbeats, daemon=True).start()
 permit_key = os.environ.get("RAW_PERMIT_KEY")
-buf = b""
 n = 0
+
+
+def ask_often() -> None:
+    # $RAW_PERMIT_EVERY_S: keep asking for permits on fresh keys, like a busy agent.
+    every = float(os.environ["RAW_PERMIT_EVERY_S"])
+    i = 0
+    while True:
+        i += 1
+        line({"type": "permit", "request_id": f"p{i}", "key": f"{permit_key}-{i}"})
+        time.sleep(every)
+
+
+if os.environ.get("RAW_PERMIT_EVERY_S"):
+    threading.Thread(target=ask_often, daemon=True).start()
+buf = b""
 while True:
     chunk = sock.recv(65536)
     if not chunk:
@@ -59,6 +74,6 @@ while True:
     for raw in lines:
         print("recv " + raw.decode(), flush=True)
         msg = json.loads(raw)
-        if msg.get("type") == "role" and permit_key:
+        if msg.get("type") == "role" and permit_key and not os.environ.get("RAW_PERMIT_EVERY_S"):
             n += 1
             line({"type": "permit", "request_id": f"r{n}", "key": permit_key})

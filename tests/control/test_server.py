@@ -1,0 +1,118 @@
+"""The control socket: malformed requests answered and counted, foreign uids refused."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+
+import orjson
+import pytest
+
+from tests.harness import PY, agent, running_daemon
+from tests.redis_server import RedisServer
+
+RAW = [PY, "tests/agents/raw_agent.py"]
+NOBODY = 65534
+
+CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except OSError as e:
+    print("connect-error", e.errno); sys.exit(0)
+s.sendall(b'{"cmd": "switch", "args": {"color": "green"}}\\n')
+print(s.recv(65536).decode().strip())
+"""
+
+
+def talk(path: str, *lines: bytes) -> list[dict[str, object]]:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(path)
+    out = []
+    buf = b""
+    for line in lines:
+        s.sendall(line)
+        while b"\n" not in buf:
+            buf += s.recv(65536)
+        reply, buf = buf.split(b"\n", 1)
+        out.append(orjson.loads(reply))
+    s.close()
+    return out
+
+
+async def test_malformed_requests_get_errors_and_the_connection_stays_usable(
+    redis_server: RedisServer,
+) -> None:
+    async with running_daemon(redis_url=redis_server.url, blue=agent(RAW, "1"),
+                              green=agent(RAW, "2")) as d:
+        replies = talk(
+            str(d.socket),
+            b"this is not json\n",
+            b'{"cmd": "teleport"}\n',
+            b'{"cmd": "switch", "args": {"color": "purple"}}\n',
+            b'{"cmd": "status", "args": {}, "surprise": 1}\n',
+            b'["status"]\n',
+            b'{"cmd": "status"}\n',
+        )
+        codes = [r["error"]["code"] if not r["ok"] else "ok" for r in replies]  # type: ignore[index]
+        assert codes == ["bad_request", "unknown_command", "bad_request", "bad_request",
+                         "bad_request", "ok"]
+        assert "switch: color: Input should be" in replies[2]["error"]["message"]  # type: ignore[index]
+        assert replies[5]["result"]["active"] == "blue"  # type: ignore[index]
+        # An oversized request: answered, then the connection is closed; the daemon goes on.
+        big = talk(str(d.socket), b'{"cmd": "status", "x": "' + b"a" * 100_000 + b'"}\n')
+        assert big[0]["error"]["code"] == "bad_request"  # type: ignore[index]
+        assert (await d.status())["active"] == "blue"
+        usage = await d.cli("switch", "purple")
+        assert usage.rc == 2
+
+
+async def test_socket_is_0600_and_other_uids_are_refused(redis_server: RedisServer) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to run a client as another uid")
+    async with running_daemon(redis_url=redis_server.url, blue=agent(RAW, "1"),
+                              green=agent(RAW, "2")) as d:
+        assert stat.S_IMODE(os.stat(d.socket).st_mode) == 0o600
+        os.chmod(d.dir, 0o755)
+        as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                     "/usr/bin/python3", "-c", CLIENT, str(d.socket)]
+        out = subprocess.run(as_nobody, capture_output=True, text=True, timeout=20)
+        assert out.stdout.startswith("connect-error 13"), out  # EACCES: the mode stops it
+
+    # With a world-writable socket the mode no longer protects it: SO_PEERCRED must.
+    async with running_daemon(
+        redis_url=redis_server.url, blue=agent(RAW, "1"), green=agent(RAW, "2"),
+        sections={"supervisor": {"control_socket_mode": 0o666}},
+    ) as d:
+        await d.wait_status(lambda s: s["children"]["green"]["state"] == "RUNNING")
+        os.chmod(d.dir, 0o755)
+        as_nobody[-1] = str(d.socket)
+        out = subprocess.run(as_nobody, capture_output=True, text=True, timeout=20)
+        reply = orjson.loads(out.stdout)
+        assert reply["ok"] is False
+        assert reply["error"]["code"] == "forbidden"
+        assert (await d.status())["active"] == "blue"  # the command was not run
+        await d.wait_log("control_refused", peer_uid=NOBODY)
+        # Allowed uids are honoured too.
+    async with running_daemon(
+        redis_url=redis_server.url, blue=agent(RAW, "1"), green=agent(RAW, "2"),
+        sections={"supervisor": {"control_socket_mode": 0o666, "allowed_uids": [NOBODY]}},
+    ) as d:
+        await d.wait_status(lambda s: s["children"]["green"]["state"] == "RUNNING")
+        os.chmod(d.dir, 0o755)
+        as_nobody[-1] = str(d.socket)
+        out = subprocess.run(as_nobody, capture_output=True, text=True, timeout=20)
+        assert orjson.loads(out.stdout)["ok"] is True
+        assert (await d.status())["active"] == "green"
+
+
+async def test_unreachable_daemon_exits_69(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = subprocess.run([PY, "-m", "supervisor", "status", "--socket",
+                          str(tmp_path / "none.sock")], capture_output=True, text=True,
+                         timeout=20)
+    assert out.returncode == 69
+    assert "no daemon answers" in out.stderr
