@@ -568,6 +568,7 @@ class Daemon:
                 "last_exit": child.last_exit,
                 "protocol": child.speaks_protocol,
                 "heartbeat_age_s": round(now - hb, 3) if hb is not None else None,
+                **self.pipeline.tally[color].as_dict(),
             }
         recent: list[dict[str, str]] = []
         if self._redis_up.is_set() and flips:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 import structlog
@@ -21,14 +21,16 @@ def _dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default or str).decode()
 
 
-def configure(level: str = "info", *, json: bool | None = None) -> None:
-    """Set up structlog for the whole process. ``json=None`` picks JSON unless stdout is a tty."""
+def configure(level: str = "info", *, json: bool | None = None, sink: TextIO | None = None) -> None:
+    """Set up structlog for the whole process. ``json=None`` picks JSON unless the sink (stdout
+    by default) is a terminal."""
+    out = sink or sys.stdout
     if json is None:
-        json = not sys.stdout.isatty()
+        json = not out.isatty()
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_dumps)
         if json
-        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
     structlog.configure(
         processors=[
@@ -39,7 +41,7 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
 

@@ -27,6 +27,22 @@ log = get_logger("pipeline")
 Handler = Callable[[Child, dict[str, Any]], None]
 
 
+class Tally:
+    """What one color did: decisions, executions, finished rounds and their PnL."""
+
+    __slots__ = ("decisions", "executions", "pnl", "rounds")
+
+    def __init__(self) -> None:
+        self.decisions = 0
+        self.executions = 0
+        self.rounds = 0
+        self.pnl = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"decisions": self.decisions, "executions": self.executions,
+                "rounds": self.rounds, "pnl": round(self.pnl, 6)}
+
+
 class Pipeline:
     def __init__(
         self,
@@ -49,6 +65,8 @@ class Pipeline:
         self.pnl = PnlSigma(config.triggers.pnl_sigma)
         self.context: dict[Color, dict[str, Any]] = {}
         self.events = 0
+        # Plain counters for status and the live view (the metrics hold the same, labelled).
+        self.tally = {c: Tally() for c in Color}
         self._bursts = {c: BurstLog() for c in Color}
         self._handlers: dict[str, Handler] = {
             "hello": self._hello,
@@ -92,15 +110,20 @@ class Pipeline:
 
     def _decision(self, child: Child, msg: dict[str, Any]) -> None:
         color = child.color
+        self.tally[color].decisions += 1
         self.metrics.decisions[color].inc()
         self.metrics.decision_latency[color].observe(msg["latency_ms"] / 1000.0)
 
     def _execution(self, child: Child, msg: dict[str, Any]) -> None:
+        self.tally[child.color].executions += 1
         self.metrics.executions[child.color].inc()
 
     def _outcome(self, child: Child, msg: dict[str, Any]) -> None:
         color = child.color
         pnl = float(msg["pnl"])
+        tally = self.tally[color]
+        tally.rounds += 1
+        tally.pnl += pnl
         self.metrics.round_pnl[color].observe(pnl)
         s = self.rollout.state
         if color is s.stable and s.candidate is not color:

@@ -243,8 +243,8 @@ async def running_daemon(
     directory = short_tempdir("as-d-")
     config = write_config(directory, redis_url=redis_url, blue=blue or agent(version="1.0.0"),
                           green=green or agent(version="2.0.0"), sections=sections)
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    full_env.pop("NOTIFY_SOCKET", None)
+    full_env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
     daemon = DaemonProcess(directory, config, full_env)
     try:
         await daemon.start(wait_ready=wait_ready)
