@@ -232,9 +232,7 @@ class Daemon:
         try:
             async with asyncio.timeout(self.config.supervisor.shutdown_timeout_s):
                 await self.control.close()
-                for task in self._loops:
-                    task.cancel()
-                await asyncio.gather(*self._loops, return_exceptions=True)
+                await _cancel_all(self._loops)
                 for child in self.children.values():
                     child.send({"type": "quiesce", "request_id": uuid.uuid4().hex})
                 await asyncio.gather(*(c.stop() for c in self.children.values()))
@@ -606,6 +604,17 @@ class Daemon:
         if password:
             env["AGENTSUP_REDIS_PASSWORD"] = password
         return env
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel and wait; a task whose library swallowed the cancellation is asked again."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+        for task in pending:
+            log.warning("task_ignored_cancel", task=task.get_name())
 
 
 def run(config: Config) -> int:

@@ -124,3 +124,13 @@ async def test_an_agent_written_the_seed_way_is_supervised_and_follows_a_flip(
         assert (await d.cli("switch", "green")).rc == 0
         await d.wait_log("child_output", color="green", line="seed-agent green active=True")
         await d.wait_log("child_output", color="blue", line="seed-agent blue active=False")
+
+
+async def test_sigterm_right_after_ready_stops_promptly(redis_server: RedisServer) -> None:
+    # Regression: a cancellation swallowed by redis-py inside the watcher's subscribe once
+    # left the daemon waiting forever.
+    async with running_daemon(redis_url=redis_server.url, blue=agent(["sleep", "100"], "1"),
+                              green=agent(["sleep", "100"], "2")) as d:
+        await d.signal(signal.SIGTERM)
+        assert await d.wait(15) == 0
+        assert not d.find("task_ignored_cancel")

@@ -8,6 +8,7 @@ millisecond instead of at the next tick.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 from redis.asyncio import Redis
@@ -27,11 +28,17 @@ async def watch_active_key(
     db = int(redis.connection_pool.connection_kwargs.get("db", 0) or 0)
     channel = f"__keyspace@{db}__:{active_key}"
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    me = asyncio.current_task()
+    assert me is not None
     try:
         while True:
             try:
                 if not pubsub.subscribed:
                     await pubsub.subscribe(channel)
+                # redis-py can swallow a cancellation that lands inside (re)subscribe; honour
+                # it here rather than block in get_message forever.
+                if me.cancelling():
+                    raise asyncio.CancelledError
                 msg = await pubsub.get_message(timeout=None)
             except (RedisError, OSError) as exc:
                 log.info("watch_disconnected", error=str(exc))
@@ -43,4 +50,8 @@ async def watch_active_key(
             if msg is not None and msg.get("type") == "message":
                 on_hint()
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        # Cancelled in the middle of a (re)subscribe, redis-py's close can wait on a lock
+        # that is never released; the pool's own close at shutdown ends the connection then.
+        with contextlib.suppress(TimeoutError, RedisError, OSError):
+            async with asyncio.timeout(1.0):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
