@@ -51,6 +51,7 @@ class Daemon:
     def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
         self.config = config
         self.metrics = Metrics()
+        self.metrics.probation_window.set(config.rollout.probation_s)
         self.notifier = notifier or Notifier()
         sup = config.supervisor
         self.keys = Keys(sup.namespace, config.redis.active_key)
@@ -171,6 +172,7 @@ class Daemon:
         if self.embedded is not None:
             await self.embedded.start()
         await self._connect_redis()
+        self.arbiter.replica_count = await self.arbiter.replicas()
         if not await self.arbiter.enable_notifications():
             log.warning(
                 "keyspace_notifications_unavailable",
@@ -312,6 +314,7 @@ class Daemon:
                 up = False
             if up and not self._redis_up.is_set():
                 await self.arbiter.enable_notifications()  # a restarted Redis forgot them
+                self.arbiter.replica_count = await self.arbiter.replicas()
                 self._set_redis_up(True)
                 self._hint.set()  # re-read the truth now: notifications were lost meanwhile
             elif not up:

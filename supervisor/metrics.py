@@ -28,6 +28,16 @@ from supervisor.protocol import ERROR_KINDS
 COLORS = (Color.BLUE, Color.GREEN)
 CHILD_STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
 PERMIT_REASONS = ("not_active", "stale_epoch", "duplicate", "unavailable")
+# Every trigger with its severity (the rollback table), and every reason a flip can have: all
+# exported at 0 from the start, so that increase() sees the very first rollback.
+TRIGGER_SEVERITY = {
+    "exception": "critical", "auth": "critical", "exit": "critical", "heartbeat": "critical",
+    "double_spend": "critical", "pnl_sigma": "high", "latency": "medium",
+    "escrow_gap": "medium", "pnl_ok": "low",
+}
+ROLLBACK_TRIGGERS = (*(t for t in TRIGGER_SEVERITY if t != "pnl_ok"), "manual")
+FLIP_REASONS = ("start", "switch", "external", "restored", "restart", "epoch_regressed",
+                "external_epoch", *ROLLBACK_TRIGGERS)
 # Decision latency buckets, in seconds: agents decide in about a millisecond to a few seconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # A flip is one Lua call plus two socket writes: tens of microseconds to a few milliseconds.
@@ -174,6 +184,13 @@ class Metrics:
                 self.child_state.labels(c.value, state)
         for reason in PERMIT_REASONS:
             self.permits_denied.labels(reason)
+        for trigger, severity in TRIGGER_SEVERITY.items():
+            self.triggers_fired.labels(trigger, severity)
+            self.alerts_sent.labels(trigger)
+        for trigger in ROLLBACK_TRIGGERS:
+            self.rollbacks.labels(trigger)
+        for reason in FLIP_REASONS:
+            self.flips.labels(reason)
         self.redis_up.set(0)
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -187,6 +204,8 @@ class Metrics:
         self.active_epoch.set(epoch)
         for c in COLORS:
             self.active.labels(c.value).set(1 if c is active else 0)
+            # Blue-green: the color in charge may use all of the capital, the other none.
+            self.canary_allocation.labels(c.value).set(1.0 if c is active else 0.0)
 
     def gauge_from(self, gauge: Gauge, fn: Callable[[], float]) -> None:
         gauge.set_function(fn)

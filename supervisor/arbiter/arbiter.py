@@ -95,6 +95,7 @@ class Arbiter:
         self.mark = mark
         self.permit_ttl_ms = str(permit_ttl_s * 1000)
         self.seen = mark.value  # the highest epoch this process has seen (the mark may lag)
+        self.replica_count = 0  # refreshed by the daemon at start and after each reconnect
         self._flip = redis.register_script(scripts.FLIP)
         self._permit = redis.register_script(scripts.PERMIT)
 
@@ -148,6 +149,9 @@ class Arbiter:
         status, epoch, from_, to_ = (_text(x) for x in raw)
         result = Flip(status, int(epoch or 0), from_, to_)
         self.seen = max(self.seen, result.epoch)
+        if self.replica_count and status == "ok":
+            # A failover could lose a flip no replica holds: wait for one before it counts.
+            await self.wait_replica()
         return result
 
     async def permit(self, color: str, epoch: int, key: str, token: str) -> str:
