@@ -1,0 +1,340 @@
+"""The simulated agent: ``python -m supervisor.demo.agent``, started by the supervisor.
+
+While active it plays one round every ``AGENTSUP_DEMO_ROUND_S``: odd rounds are dice (roll
+under 49.5 on 0..100, pays 1.98x: +0.98 or -1.0 on a stake of 1.0), even rounds crash (cash
+out at the ``crash_target`` flag, 2.0x by default, which the crash point reaches with
+probability 0.99 / target: +1.0 or -1.0). Both carry a 1 % house edge. Each round is a
+decision, then a permit, then (only when granted) an execution and an outcome. It watches two
+escrows from the start and checks them every ``AGENTSUP_DEMO_ESCROW_CHECK_S`` while active.
+While standby it only answers mirror requests (the SDK sends its heartbeats). It prints one
+short line per notable event; the daemon captures stdout into its log.
+
+Environment (besides the supervisor's own ``AGENTSUP_*``):
+
+- ``AGENTSUP_DEMO_SEED`` (7): seeds the dice; blue and green draw differently.
+- ``AGENTSUP_DEMO_ROUND_S`` (0.05): the pause between rounds while active.
+- ``AGENTSUP_DEMO_THINK_MS`` (2): the simulated decision time (the latency baseline).
+- ``AGENTSUP_DEMO_KEYS`` (unique): ``unique`` keys are ``{color}-{version}-{pid}-{n}`` and
+  never collide; ``order`` keys are ``order-{n}`` for both colors, so a key the other color
+  already used is refused as duplicate and the round skipped.
+- ``AGENTSUP_DEMO_ESCROW_CHECK_S`` (1.0): how often the escrows are checked while active.
+- ``AGENTSUP_DEMO_ESCROW_DUE_S`` (600): escrow-1 is due this long after start, escrow-2 twice
+  that; each is unwatched once released.
+- ``AGENTSUP_DEMO_ESCROW_GAP_S`` (unset): the per-escrow ``gap_s`` sent with ``watch``.
+- ``AGENTSUP_DEMO_BUG`` (none): the planted bug, below.
+- ``AGENTSUP_DEMO_BUG_AFTER`` (5): the bug fires on active round ``BUG_AFTER + 1``.
+
+The planted bugs (``n`` counts this process's rounds while active; "fires" means from round
+``BUG_AFTER + 1`` on):
+
+- ``exception``: the v2 payout table only knows the seed's ``coinflip``, so every round from
+  then on raises ``KeyError`` inside its decision. The SDK reports an ``error`` of kind
+  ``exception`` with the traceback; the round is abandoned (no permit, no execution) and the
+  agent keeps running, the way an agent with a top-level "log and go on" loop does.
+- ``auth``: reports one ``error`` of kind ``auth`` ("401 invalid API key") and stops acting
+  (no more decisions, no escrow checks); it stays up, heartbeating and answering mirrors,
+  and reports the auth error once more each time it is made active again.
+- ``exit``: right after the permit of that round, the process dies with ``os._exit(3)``
+  (mid-round, while acting: no execution or outcome is reported).
+- ``silence``: the agent hangs: ``time.sleep(3600)`` blocks its event loop, so heartbeats stop
+  (and SIGTERM is not honoured: the supervisor's SIGKILL ends it).
+- ``drift``: every round loses with probability 0.9 (mean PnL about -0.8 per round instead of
+  -0.02, a shift of about 0.8 per-round sigma).
+- ``slow``: each decision takes ten times ``AGENTSUP_DEMO_THINK_MS``.
+- ``double_spend``: uses the key ``order-{n}`` (the ``order`` scheme) and executes even when
+  the permit is refused. When the key was fresh (granted) it "retries" the order: asks again
+  (refused: duplicate), ignores that too and reports a second ``execution`` of the same key.
+  So every buggy round reports an execution of a key already executed, by green alone, or
+  across colors when the other color uses ``AGENTSUP_DEMO_KEYS=order``.
+- ``escrow_gap``: stops checking its escrows (they stay watched).
+
+Exit codes: 0 on SIGTERM/SIGINT or when the channel closes, 3 for the ``exit`` bug, 78 for a
+bad ``AGENTSUP_DEMO_*`` value; 1 when started outside the supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from supervisor.agent import Agent, Role, state_digest
+from supervisor.errors import NotSupervised
+
+BUGS: Final = frozenset(
+    {"none", "exception", "auth", "exit", "silence", "drift", "slow", "double_spend", "escrow_gap"}
+)
+STAKE: Final = 1.0
+DICE_TARGET: Final = 49.5  # roll under, on 0..100
+DICE_PAYS: Final = 1.98  # 1 % house edge: 0.495 * 1.98 = 0.9801
+CRASH_EDGE: Final = 0.99  # P(crash point >= x) = 0.99 / x
+SNAPSHOT_SCHEMA: Final = "demo/1"
+EX_CONFIG: Final = 78
+
+
+class BadSetting(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    seed: int = 7
+    round_s: float = 0.05
+    think_ms: float = 2.0
+    keys: str = "unique"
+    escrow_check_s: float = 1.0
+    escrow_due_s: float = 600.0
+    escrow_gap_s: float | None = None
+    bug: str = "none"
+    bug_after: int = 5
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        def number(name: str, default: float, *, minimum: float = 0.0) -> float:
+            text = env.get(f"AGENTSUP_DEMO_{name}", "")
+            if not text:
+                return default
+            try:
+                value = float(text)
+            except ValueError:
+                raise BadSetting(f"AGENTSUP_DEMO_{name}={text!r} is not a number") from None
+            if value < minimum:
+                raise BadSetting(f"AGENTSUP_DEMO_{name} must be at least {minimum}")
+            return value
+
+        bug = env.get("AGENTSUP_DEMO_BUG", "") or "none"
+        if bug not in BUGS:
+            raise BadSetting(f"AGENTSUP_DEMO_BUG={bug!r}: choose one of {sorted(BUGS)}")
+        keys = env.get("AGENTSUP_DEMO_KEYS", "") or "unique"
+        if keys not in ("unique", "order"):
+            raise BadSetting(f"AGENTSUP_DEMO_KEYS={keys!r}: choose unique or order")
+        gap = number("ESCROW_GAP_S", 0.0)
+        return cls(
+            seed=int(number("SEED", 7)),
+            round_s=number("ROUND_S", 0.05),
+            think_ms=number("THINK_MS", 2.0),
+            keys=keys,
+            escrow_check_s=number("ESCROW_CHECK_S", 1.0, minimum=0.01),
+            escrow_due_s=number("ESCROW_DUE_S", 600.0),
+            escrow_gap_s=gap or None,
+            bug=bug,
+            bug_after=int(number("BUG_AFTER", 5)),
+        )
+
+
+def strategy(inputs: dict[str, Any]) -> dict[str, Any]:
+    """What to bet on these inputs (pure, so a mirror answers exactly what acting would do)."""
+    if inputs["game"] == "dice":
+        return {"bet": "roll_under", "target": inputs["target"], "stake": inputs["stake"]}
+    return {"bet": "cash_out", "at": inputs["target"], "stake": inputs["stake"]}
+
+
+class DemoAgent:
+    """The rounds, the escrows and the planted bug of one color."""
+
+    def __init__(self, agent: Agent, settings: Settings) -> None:
+        self.agent = agent
+        self.s = settings
+        self.rng = random.Random(f"{settings.seed}:{agent.color}")
+        self.rounds = 0  # rounds started while active
+        self.executed = 0
+        self.pnl = 0.0
+        self.denied = 0
+        self.bug_lines = 0
+        now = time.time()
+        self.escrows: dict[str, float] = {
+            "escrow-1": now + settings.escrow_due_s,
+            "escrow-2": now + 2 * settings.escrow_due_s,
+        }
+        self.auth_reported_epoch: int | None = None
+        self.last_role: tuple[Role, int | None] | None = None
+        self.tag = f"[{agent.color} v{agent.version}]"
+
+    def say(self, text: str) -> None:
+        print(f"{self.tag} {text}", flush=True)
+
+    def say_bug(self, text: str) -> None:
+        # The first time and every 20th after: a bug that fires every round is one line a second.
+        self.bug_lines += 1
+        if self.bug_lines == 1 or self.bug_lines % 20 == 0:
+            self.say(f"{text} [{self.bug_lines}x]" if self.bug_lines > 1 else text)
+
+    def bug_on(self, bug: str) -> bool:
+        return self.s.bug == bug and self.rounds > self.s.bug_after
+
+    # ------------------------------------------------------------------ hooks
+
+    def role_changed(self, role: Role, epoch: int | None, allocation: float) -> None:
+        if (role, epoch) != self.last_role:
+            self.last_role = (role, epoch)
+            self.say(f"role {role} at epoch {epoch} (pnl {self.pnl:+.2f})")
+
+    def snapshot(self) -> tuple[str, dict[str, Any]]:
+        state = {"escrows": self.escrows, "rounds": self.rounds, "pnl": round(self.pnl, 6)}
+        return SNAPSHOT_SCHEMA, state
+
+    def restore(self, schema: Any, state: Any) -> str:
+        if schema != SNAPSHOT_SCHEMA:
+            raise ValueError(f"unknown snapshot schema {schema!r}")
+        self.escrows = {str(k): float(v) for k, v in state["escrows"].items()}
+        self.say(f"restored {len(self.escrows)} escrows")
+        return state_digest(state)
+
+    # ------------------------------------------------------------------ rounds
+
+    async def play(self) -> None:
+        while await self.agent.wait_role(Role.ACTIVE):
+            if self.s.bug == "auth" and self.rounds > self.s.bug_after:
+                if self.auth_reported_epoch != self.agent.epoch:
+                    self.auth_reported_epoch = self.agent.epoch
+                    self.agent.error("auth", "401 invalid API key")
+                    self.say("API answered 401 invalid API key: not acting any more")
+                await self.agent.wait_role(Role.STANDBY)
+                continue
+            await self.one_round()
+            await asyncio.sleep(self.s.round_s)
+
+    def inputs(self, n: int) -> dict[str, Any]:
+        if n % 2:
+            return {"round": n, "game": "dice", "target": DICE_TARGET, "stake": STAKE}
+        target = float(self.agent.flags.get("crash_target", 2.0))
+        return {"round": n, "game": "crash", "target": target, "stake": STAKE}
+
+    async def one_round(self) -> None:
+        self.rounds += 1
+        n = self.rounds
+        inputs = self.inputs(n)
+        if self.rounds == self.s.bug_after + 1 and self.s.bug != "none":
+            self.say(f"round {n}: the planted bug {self.s.bug!r} fires")
+        if self.bug_on("auth"):
+            return  # play() reports it
+        think = self.s.think_ms / 1000 * (10 if self.bug_on("slow") else 1)
+        try:
+            async with self.agent.decide(inputs["game"], inputs) as d:
+                await asyncio.sleep(think * self.rng.uniform(0.5, 1.5))
+                if self.bug_on("exception"):
+                    payout_v2 = {"coinflip": 2.0}  # forgot dice and crash
+                    d.reasoning = f"pays {payout_v2[inputs['game']]}x"
+                d.output = strategy(inputs)
+        except KeyError as exc:
+            self.say_bug(f"round {n}: unhandled KeyError {exc} in the decision (reported)")
+            return
+        double_spend = self.bug_on("double_spend")
+        if double_spend or self.s.keys == "order":
+            key = f"order-{n}"
+        else:
+            key = f"{self.agent.color}-{self.agent.version}-{os.getpid()}-{n}"
+        permit = await self.agent.permit(key)
+        if self.bug_on("exit"):
+            self.say(f"round {n}: crashing mid-round with exit code 3")
+            os._exit(3)
+        if self.bug_on("silence"):
+            self.say(f"round {n}: hanging (event loop blocked, no more heartbeats)")
+            time.sleep(3600)  # blocks the loop on purpose: that is the bug  # noqa: ASYNC251
+        if not permit and not double_spend:
+            self.denied += 1
+            if self.denied == 1 or self.denied % 20 == 0:
+                self.say(f"round {n}: permit refused ({permit.reason}); skipped")
+            return
+        self.agent.execution(d.id, key, STAKE)
+        if double_spend:
+            if permit:  # a "retry" of an order that already went through
+                again = await self.agent.permit(key)
+                self.agent.execution(d.id, key, STAKE)
+                self.say_bug(f"round {n}: executed {key} twice (second permit: {again.reason})")
+            else:
+                self.say_bug(f"round {n}: executed {key} despite a refused {permit.reason}")
+        pnl = self.settle(inputs)
+        self.agent.outcome(pnl, decision_id=d.id)
+        self.executed += 1
+        self.pnl += pnl
+        if self.executed % 20 == 0:
+            self.say(f"{self.executed} rounds played, pnl {self.pnl:+.2f}")
+
+    def settle(self, inputs: dict[str, Any]) -> float:
+        stake = float(inputs["stake"])
+        if inputs["game"] == "dice":
+            win = self.rng.uniform(0.0, 100.0) < DICE_TARGET
+            profit = stake * (DICE_PAYS - 1.0)
+        else:
+            target = float(inputs["target"])
+            crash_point = CRASH_EDGE / (1.0 - self.rng.random())
+            win = crash_point >= target
+            profit = stake * (target - 1.0)
+        if self.bug_on("drift"):
+            win = self.rng.random() < 0.1
+        return profit if win else -stake
+
+    # ------------------------------------------------------------------ escrows
+
+    async def watch_escrows(self) -> None:
+        for escrow_id, due_at in self.escrows.items():
+            self.agent.escrow(escrow_id, "watch", due_at=due_at, gap_s=self.s.escrow_gap_s)
+        while self.escrows:
+            await asyncio.sleep(self.s.escrow_check_s)
+            # With a bad API key no escrow can be checked either.
+            if not self.agent.is_active or self.bug_on("escrow_gap") or self.bug_on("auth"):
+                continue
+            now = time.time()
+            for escrow_id, due_at in list(self.escrows.items()):
+                self.agent.escrow(escrow_id, "check")
+                if now >= due_at:
+                    self.agent.escrow(escrow_id, "unwatch")
+                    del self.escrows[escrow_id]
+                    self.say(f"{escrow_id} released; no longer watched")
+
+
+async def main(settings: Settings) -> int:
+    agent = Agent.connect()
+    demo = DemoAgent(agent, settings)
+    agent.on_role(demo.role_changed)
+    agent.on_snapshot(demo.snapshot)
+    agent.on_restore(demo.restore)
+    agent.on_mirror(strategy)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with agent:
+        demo.say(f"started (pid {os.getpid()}, seed {settings.seed}, bug {settings.bug})")
+        agent.context(volatility=0.01, disputes_open=0, auto_releases=[])
+        async with asyncio.TaskGroup() as tg:
+            work = [
+                tg.create_task(demo.play(), name="demo-rounds"),
+                tg.create_task(demo.watch_escrows(), name="demo-escrows"),
+            ]
+            stopped = tg.create_task(stop.wait())
+            lost = tg.create_task(agent.lost.wait())
+            await asyncio.wait([stopped, lost], return_when=asyncio.FIRST_COMPLETED)
+            for task in [*work, stopped, lost]:
+                task.cancel()
+        why = "channel to the supervisor closed" if agent.lost.is_set() else "asked to stop"
+        demo.say(f"stopping: {why}; {demo.executed} rounds, pnl {demo.pnl:+.2f}")
+    return 0
+
+
+def run() -> None:
+    try:
+        settings = Settings.from_env(os.environ)
+    except BadSetting as exc:
+        print(f"demo agent: {exc}", file=sys.stderr)
+        sys.exit(EX_CONFIG)
+    try:
+        code = asyncio.run(main(settings))
+    except NotSupervised as exc:
+        print(f"demo agent: {exc}", file=sys.stderr)
+        code = 1
+    with contextlib.suppress(BrokenPipeError):
+        sys.stdout.flush()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    run()
