@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     sp = control("restart", "start a FATAL color again")
     sp.add_argument("color", choices=["blue", "green"])
     control("shutdown", "stop the daemon (as SIGTERM does)")
+    sp = control("triggers", "every trigger: value against threshold, state, last fired")
+    sp.add_argument("--json", action="store_true", help="print the triggers as JSON")
     return p
 
 
@@ -127,6 +129,13 @@ def _control(args: argparse.Namespace) -> int:
             print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
         else:
             print(render_status(result))
+        return EX_OK
+    if cmd == "triggers":
+        result = request(path, "triggers")
+        if args.json:
+            print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        else:
+            print(render_triggers(result))
         return EX_OK
     payload: dict[str, Any] = {}
     if cmd in ("switch", "restart"):
@@ -209,6 +218,41 @@ def render_status(st: dict[str, Any]) -> str:
                 f"{f.get('to') or '-':<5}  {f.get('reason')}  (by {f.get('by')})"
             )
     return "\n".join(lines)
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def render_triggers(triggers: dict[str, Any]) -> str:
+    """The human table of ``agentsup triggers``."""
+    header = ("TRIGGER", "SEVERITY", "THRESHOLD", "COLOR", "VALUE", "STATE", "LAST FIRED")
+    rows = [header]
+    for name, t in triggers.items():
+        for color in ("blue", "green"):
+            c = t["colors"][color]
+            fired = c.get("last_fired")
+            when = time.strftime("%H:%M:%S", time.localtime(fired)) if fired else "-"
+            state = c.get("state", "ok") if t.get("enabled", True) else "disabled"
+            rows.append(
+                (
+                    name if color == "blue" else "",
+                    t["severity"] if color == "blue" else "",
+                    _num(t.get("threshold")) if color == "blue" else "",
+                    color,
+                    _num(c.get("value")),
+                    str(state),
+                    when,
+                )
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
 
 
 if __name__ == "__main__":

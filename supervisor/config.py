@@ -188,13 +188,33 @@ class PnlSigmaTrigger(Trigger):
 
 
 class LatencyTrigger(Trigger):
-    ratio: PositiveFloat = 2.0
+    # The candidate's median decision latency over more than `ratio` × the stable median alerts
+    # at once and rolls back when it lasts `persist_s`.
+    ratio: float = Field(2.0, gt=1.0)
     persist_s: PositiveFloat = 300.0
-    window: int = Field(50, ge=3)
+    # Medians over each color's last `window` decisions, judged once both sides hold at least
+    # `min_samples` of them (a median of three slow decisions is not a slow version).
+    window: int = Field(50, ge=3, le=10_000)
+    min_samples: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _samples_fit(self) -> LatencyTrigger:
+        if self.min_samples > self.window:
+            raise ValueError("min_samples must be at most window")
+        return self
+
+
+class DoubleSpendTrigger(Trigger):
+    # Idempotency keys remembered in memory (150-190 bytes each with a 16-character key, so
+    # 50,000 take 7.5-9.5 MB); older ones are forgotten, then looked up in the permits in Redis.
+    memory_keys: int = Field(50_000, ge=1, le=5_000_000)
 
 
 class EscrowGapTrigger(Trigger):
+    # Default gap; an escrow's own `gap_s` (sent with its watch event) wins.
     gap_s: PositiveFloat = 60.0
+    # Watched escrows beyond this many are refused (and counted), so memory stays bounded.
+    max_escrows: int = Field(10_000, ge=1, le=1_000_000)
 
 
 class HeartbeatTrigger(Trigger):
@@ -205,7 +225,7 @@ class Triggers(_Model):
     exception: Trigger = Trigger()
     auth: Trigger = Trigger()
     exit: Trigger = Trigger()
-    double_spend: Trigger = Trigger()
+    double_spend: DoubleSpendTrigger = DoubleSpendTrigger()
     pnl_sigma: PnlSigmaTrigger = PnlSigmaTrigger()
     latency: LatencyTrigger = LatencyTrigger()
     escrow_gap: EscrowGapTrigger = EscrowGapTrigger()
@@ -219,7 +239,31 @@ class RolloutSection(_Model):
 
 
 class AlertsSection(_Model):
+    # Every alert is POSTed here as one JSON object; None only logs it.
     webhook_url: str | None = None
+    # Tries per alert (exponential backoff with jitter between them, at most backoff_max_s).
+    attempts: int = Field(5, ge=1, le=20)
+    timeout_s: PositiveFloat = 5.0
+    backoff_initial_s: PositiveFloat = 0.5
+    backoff_max_s: PositiveFloat = 30.0
+    # Alerts waiting for the webhook; when full the oldest is dropped (and counted).
+    queue_size: int = Field(1000, ge=1, le=100_000)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not hold user:password@ (put a token in the path or query)")
+        try:
+            parts.port  # noqa: B018 (raises on a port that is not a number in range)
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        return v
 
 
 class Config(_Model):

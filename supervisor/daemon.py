@@ -23,9 +23,10 @@ from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential, wait_random
 
 from supervisor import __version__
+from supervisor.alerts import Alerter, alert_from_verdict
 from supervisor.arbiter.arbiter import Arbiter, EpochMark
 from supervisor.arbiter.scripts import Keys
 from supervisor.arbiter.watch import watch_active_key
@@ -83,7 +84,15 @@ class Daemon:
             on_hello=self._on_hello,
             on_permit=self._on_permit,
             on_reply=self._on_reply,
+            on_lookup=self._on_lookup,
         )
+        self.alerter = Alerter.from_config(
+            config.alerts, on_failure=self.metrics.webhook_failures.inc
+        )
+        # (trigger, color) -> unix time it last fired, for `agentsup triggers`
+        self.fired: dict[tuple[str, Color], float] = {}
+        # Executions whose key memory may have forgotten: checked against Redis's permits.
+        self._lookups: asyncio.Queue[tuple[Color, str, int]] = asyncio.Queue(maxsize=10_000)
         env = self._child_env()
         self.children = {
             c: Child(
@@ -186,6 +195,8 @@ class Daemon:
             stable=self.rollout.state.stable,
             candidate=self.rollout.state.candidate,
         )
+        self._loop(self.alerter.run())
+        self._loop(self._lookup_loop())
         self._loop(self._health_loop())
         self._loop(self._reconcile_loop())
         self._loop(self._mark_loop())
@@ -221,7 +232,7 @@ class Daemon:
 
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type((RedisError, OSError)),
-            wait=wait_exponential_jitter(initial=0.1, max=5.0),
+            wait=wait_exponential(multiplier=0.1, max=5.0) + wait_random(0, 0.1),
             before_sleep=waiting,
         ):
             with attempt:
@@ -234,6 +245,9 @@ class Daemon:
         try:
             async with asyncio.timeout(self.config.supervisor.shutdown_timeout_s):
                 await self.control.close()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2.0):  # the last alerts (a rollback's) go out
+                        await self.alerter.drain()
                 await _cancel_all(self._loops)
                 for child in self.children.values():
                     child.send({"type": "quiesce", "request_id": uuid.uuid4().hex})
@@ -346,12 +360,47 @@ class Daemon:
         last_stats = 0.0
         while True:
             now = time.monotonic()
-            self.pipeline.check_heartbeats(self.children, now)
+            self.pipeline.tick(self.children, now)
             self._check_probation()
-            if self._redis_up.is_set() and now - last_stats >= PERMIT_STATS_S:
+            if now - last_stats >= PERMIT_STATS_S:
                 last_stats = now
-                await self._read_permit_stats()
+                self._export_trigger_values()
+                if self._redis_up.is_set():
+                    await self._read_permit_stats()
             await asyncio.sleep(HOUSEKEEPING_S)
+
+    def _export_trigger_values(self) -> None:
+        for name, trig in self.pipeline.trigger_states(self.children, self.fired).items():
+            if trig["threshold"] is not None:
+                self.metrics.trigger_threshold.labels(name).set(trig["threshold"])
+            for color, st in trig["colors"].items():
+                value = st.get("value")
+                if isinstance(value, int | float):
+                    self.metrics.trigger_value.labels(name, color).set(value)
+
+    def _on_lookup(self, color: Color, key: str, epoch: int) -> None:
+        try:
+            self._lookups.put_nowait((color, key, epoch))
+        except asyncio.QueueFull:
+            log.warning("double_spend_lookup_dropped", key=key, hint="Redis is too slow")
+
+    async def _lookup_loop(self) -> None:
+        """Keys memory may have forgotten: one MGET of their permits per batch."""
+        while True:
+            batch = [await self._lookups.get()]
+            while not self._lookups.empty() and len(batch) < 500:
+                batch.append(self._lookups.get_nowait())
+            try:
+                records = await self.redis.mget([self.keys.permit(k) for _, k, _ in batch])
+            except (RedisError, OSError):
+                continue  # Redis down: the permit script refuses duplicates meanwhile anyway
+            now = time.monotonic()
+            for (color, key, epoch), record in zip(batch, records, strict=True):
+                verdict = self.pipeline.double_spend.from_permit_record(
+                    color, key, record, epoch, now=now
+                )
+                if verdict is not None:
+                    self._on_verdict(verdict)
 
     def _check_probation(self) -> None:
         s = self.rollout.state
@@ -401,7 +450,7 @@ class Daemon:
             if change.started is not None:
                 self.metrics.flip_duration.observe(time.monotonic() - change.started)
             if change.active is not change.previous:
-                self.pipeline.new_candidate()
+                self.pipeline.new_active(change.active)
             self._mark_dirty.set()
         else:
             self.pipeline.new_stable()
@@ -454,7 +503,10 @@ class Daemon:
             await self.rollout.bump(reason)
 
     def _on_verdict(self, verdict: Verdict) -> None:
+        """Every verdict: counted, logged; alerts and rollbacks sent on. Only the candidate in
+        charge is rolled back (stable has nowhere to go back to: it is alerted on)."""
         started = time.monotonic()
+        color = verdict.color
         self.metrics.triggers_fired.labels(verdict.trigger, verdict.severity.value).inc()
         level = (
             log.error
@@ -465,14 +517,32 @@ class Daemon:
             "trigger_fired",
             trigger=verdict.trigger,
             severity=verdict.severity.value,
-            color=verdict.color.value,
+            color=color.value,
             action=verdict.action.value,
             message=verdict.message,
             **verdict.numbers(),
         )
-        if verdict.action is Action.ROLLBACK and verdict.color not in self._rolling_back:
-            self._rolling_back.add(verdict.color)
+        if verdict.action is Action.LOG:
+            return
+        self.fired[(verdict.trigger, color)] = time.time()
+        s = self.rollout.state
+        rollback = verdict.action is Action.ROLLBACK and s.candidate is color and s.active is color
+        if rollback and color not in self._rolling_back:
+            self._rolling_back.add(color)
             self._spawn(self._auto_rollback(verdict, started))
+        extra: dict[str, Any] = {"rollback": rollback}
+        if verdict.trigger == "escrow_gap":
+            extra["escrows"] = self.pipeline.escrow.overdue(started)
+        self.metrics.alerts_sent.labels(verdict.trigger).inc()
+        self.alerter.send(
+            alert_from_verdict(
+                verdict,
+                supervisor_name=self.config.supervisor.name,
+                version=self.config.agents[color].version,
+                epoch=s.epoch,
+                extra=extra,
+            )
+        )
 
     async def _auto_rollback(self, verdict: Verdict, started: float) -> None:
         try:
@@ -587,6 +657,7 @@ class Daemon:
             "version": __version__,
             "uptime_s": round(now - self.started_at, 3),
             "probation_s": self.config.rollout.probation_s,
+            "triggers": self.pipeline.trigger_states(self.children, self.fired),
         }
 
     def _child_env(self) -> dict[str, str]:

@@ -15,6 +15,9 @@ from typing import Any
 from supervisor.children.process import Child
 from supervisor.config import Color, Config
 from supervisor.guard import critical
+from supervisor.guard.double_spend import DoubleSpend
+from supervisor.guard.escrow import EscrowGap
+from supervisor.guard.latency import Latency
 from supervisor.guard.pnl import PnlSigma
 from supervisor.guard.verdict import Verdict
 from supervisor.logs import BurstLog
@@ -39,8 +42,12 @@ class Tally:
         self.pnl = 0.0
 
     def as_dict(self) -> dict[str, float]:
-        return {"decisions": self.decisions, "executions": self.executions,
-                "rounds": self.rounds, "pnl": round(self.pnl, 6)}
+        return {
+            "decisions": self.decisions,
+            "executions": self.executions,
+            "rounds": self.rounds,
+            "pnl": round(self.pnl, 6),
+        }
 
 
 class Pipeline:
@@ -54,6 +61,7 @@ class Pipeline:
         on_hello: Callable[[Child], None],
         on_permit: Callable[[Child, dict[str, Any]], None],
         on_reply: Callable[[Child, dict[str, Any]], None],
+        on_lookup: Callable[[Color, str, int], None],
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -62,7 +70,13 @@ class Pipeline:
         self._on_hello = on_hello
         self._on_permit = on_permit
         self._on_reply = on_reply
-        self.pnl = PnlSigma(config.triggers.pnl_sigma)
+        self._on_lookup = on_lookup
+        t = config.triggers
+        self.pnl = PnlSigma(t.pnl_sigma)
+        self.latency = Latency(t.latency)
+        # Not fresh: keys executed before this daemon started are only in Redis's permits.
+        self.double_spend = DoubleSpend(t.double_spend, fresh=False)
+        self.escrow = EscrowGap(t.escrow_gap)
         self.context: dict[Color, dict[str, Any]] = {}
         self.events = 0
         # Plain counters for status and the live view (the metrics hold the same, labelled).
@@ -108,15 +122,34 @@ class Pipeline:
     def _heartbeat(self, child: Child, msg: dict[str, Any]) -> None:
         child.last_heartbeat = time.monotonic()
 
+    def _role(self, color: Color) -> str:
+        """How the judging evaluators see a color: its baseline, or on trial."""
+        s = self.rollout.state
+        if color is s.candidate:
+            return "candidate" if s.active is color else "other"
+        return "stable" if color is s.stable else "other"
+
     def _decision(self, child: Child, msg: dict[str, Any]) -> None:
         color = child.color
         self.tally[color].decisions += 1
         self.metrics.decisions[color].inc()
-        self.metrics.decision_latency[color].observe(msg["latency_ms"] / 1000.0)
+        latency_ms = msg["latency_ms"]
+        self.metrics.decision_latency[color].observe(latency_ms / 1000.0)
+        verdict = self.latency.decision(color, latency_ms, time.monotonic(), self._role(color))
+        if verdict is not None:
+            self._on_verdict(verdict)
 
     def _execution(self, child: Child, msg: dict[str, Any]) -> None:
-        self.tally[child.color].executions += 1
-        self.metrics.executions[child.color].inc()
+        color = child.color
+        self.tally[color].executions += 1
+        self.metrics.executions[color].inc()
+        key = msg["key"]
+        epoch = self.rollout.state.epoch
+        verdict = self.double_spend.execution(color, key, epoch, time.monotonic())
+        if verdict is not None:
+            self._on_verdict(verdict)
+        elif self.double_spend.might_have_forgotten(key):
+            self._on_lookup(color, key, epoch)  # the permit in Redis is the durable record
 
     def _outcome(self, child: Child, msg: dict[str, Any]) -> None:
         color = child.color
@@ -143,7 +176,9 @@ class Pipeline:
             self._on_verdict(verdict)
 
     def _escrow(self, child: Child, msg: dict[str, Any]) -> None:
-        pass  # the escrow_gap trigger is fed here (see supervisor.guard)
+        self.escrow.event(
+            child.color, msg["id"], msg["op"], msg.get("due_at"), msg.get("gap_s"), time.monotonic()
+        )
 
     def _context(self, child: Child, msg: dict[str, Any]) -> None:
         ctx = self.context.setdefault(child.color, {})
@@ -158,8 +193,15 @@ class Pipeline:
             if verdict is not None:
                 self._on_verdict(verdict)
 
+    def tick(self, children: dict[Color, Child], now: float) -> None:
+        """The housekeeping tick: what is judged by time rather than by events."""
+        self.check_heartbeats(children, now)
+        for verdict in (self.latency.tick(now), self.escrow.tick(now, self.rollout.state.active)):
+            if verdict is not None:
+                self._on_verdict(verdict)
+
     def check_heartbeats(self, children: dict[Color, Child], now: float) -> None:
-        """Called on the housekeeping tick: the acting candidate's heartbeat age."""
+        """The acting candidate's heartbeat age against its timeout."""
         hb = self.config.triggers.heartbeat
         for color, child in children.items():
             last = child.last_heartbeat
@@ -171,9 +213,93 @@ class Pipeline:
             if age > timeout:
                 self._on_verdict(critical.on_silence(color, age, timeout))
 
-    def new_candidate(self) -> None:
+    def new_active(self, active: Color | None) -> None:
+        """Who acts changed: a new candidate starts with a clean slate, and the escrows get a
+        full gap of grace under their new keeper."""
         self.pnl.reset_candidate()
+        self.latency.reset_candidate()
+        self.escrow.acting_changed(time.monotonic(), active)
 
     def new_stable(self) -> None:
         self.pnl.reset_baseline()
         self.pnl.reset_candidate()
+        self.latency.reset_candidate()
+
+    def trigger_states(
+        self,
+        children: dict[Color, Child],
+        fired: dict[tuple[str, Color], float],
+    ) -> dict[str, dict[str, Any]]:
+        """Every trigger, its threshold and, for both colors, its value, state and when it
+        last fired (unix time): what ``agentsup triggers`` and the live view show."""
+        now, wall = time.monotonic(), time.time()
+        t = self.config.triggers
+        out: dict[str, dict[str, Any]] = {}
+
+        def entry(
+            name: str,
+            severity: str,
+            enabled: bool,
+            threshold: float | None,
+            colors: dict[Color, dict[str, Any]],
+        ) -> None:
+            out[name] = {
+                "severity": severity,
+                "enabled": enabled,
+                "threshold": threshold,
+                "colors": {c.value: v for c, v in colors.items()},
+            }
+
+        def last(name: str, color: Color) -> float | None:
+            return fired.get((name, color))
+
+        for name, trig in (("exception", t.exception), ("auth", t.auth), ("exit", t.exit)):
+            entry(
+                name,
+                "critical",
+                trig.enabled,
+                None,
+                {
+                    c: {
+                        "value": None,
+                        "state": "fired" if last(name, c) else "ok",
+                        "last_fired": last(name, c),
+                    }
+                    for c in Color
+                },
+            )
+        hb = {}
+        for c, child in children.items():
+            age = None if child.last_heartbeat is None else round(now - child.last_heartbeat, 3)
+            timeout = child.cfg.heartbeat_timeout_s or t.heartbeat.timeout_s
+            hb[c] = {
+                "value": age,
+                "threshold": timeout,
+                "last_fired": last("heartbeat", c),
+                "state": "fired"
+                if last("heartbeat", c)
+                else ("alert" if age is not None and age > timeout else "ok"),
+            }
+        entry("heartbeat", "critical", t.heartbeat.enabled, t.heartbeat.timeout_s, hb)
+        judged: list[tuple[str, str, Callable[[Color], dict[str, Any]], bool]] = [
+            (
+                "double_spend",
+                "critical",
+                lambda c: self.double_spend.state(c, now),
+                t.double_spend.enabled,
+            ),
+            ("pnl_sigma", "high", self.pnl.state, t.pnl_sigma.enabled),
+            ("latency", "medium", lambda c: self.latency.state(c, now), t.latency.enabled),
+            ("escrow_gap", "medium", lambda c: self.escrow.state(c, now), t.escrow_gap.enabled),
+        ]
+        for name, severity, state_of, enabled in judged:
+            colors = {}
+            for c in Color:
+                st = dict(state_of(c))
+                ago = st.get("last_fired_ago_s")
+                st["last_fired"] = wall - ago if isinstance(ago, int | float) else last(name, c)
+                st.setdefault("state", "fired" if st.get("fired") else "ok")
+                colors[c] = st
+            thresholds = [v["threshold"] for v in colors.values() if v.get("threshold") is not None]
+            entry(name, severity, enabled, thresholds[0] if thresholds else None, colors)
+        return out

@@ -32,7 +32,8 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from supervisor.children.channel import ChannelProtocol
@@ -159,11 +160,10 @@ class Child:
         while not self._stopping.is_set():
             retrying = AsyncRetrying(
                 retry=retry_if_exception_type(_Exited),
-                wait=wait_exponential_jitter(
-                    initial=policy.backoff_initial_s,
-                    max=policy.backoff_max_s,
-                    jitter=policy.backoff_initial_s,
-                ),
+                # Doubling from backoff_initial_s up to backoff_max_s, plus up to one initial
+                # step of jitter so that two colors crashing together do not restart in step.
+                wait=wait_exponential(multiplier=policy.backoff_initial_s, max=policy.backoff_max_s)
+                + wait_random(0, policy.backoff_initial_s),
                 stop=self._too_many_exits,
                 sleep=self._backoff,
                 before_sleep=self._entering_backoff,

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from supervisor.control.commands import confirm, restart, rollback, shutdown, status, switch
+from supervisor.control.commands import (
+    confirm,
+    restart,
+    rollback,
+    shutdown,
+    status,
+    switch,
+    triggers,
+)
 
 COMMANDS: dict[str, ModuleType] = {
     "status": status,
@@ -18,4 +26,5 @@ COMMANDS: dict[str, ModuleType] = {
     "rollback": rollback,
     "restart": restart,
     "shutdown": shutdown,
+    "triggers": triggers,
 }
