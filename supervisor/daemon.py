@@ -18,24 +18,28 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
-import orjson
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential, wait_random
 
-from supervisor import __version__
-from supervisor.alerts import Alerter, alert_from_verdict
+from supervisor.alerts import Alerter
 from supervisor.arbiter.arbiter import Arbiter, EpochMark
 from supervisor.arbiter.scripts import Keys
 from supervisor.arbiter.watch import watch_active_key
-from supervisor.children.process import Child, ChildState, kill_leftovers
+from supervisor.children.process import (
+    Child,
+    ChildState,
+    kill_leftovers,
+    read_records,
+    write_records,
+)
 from supervisor.config import Color, Config
 from supervisor.control.server import ControlServer
 from supervisor.embedded_redis import EmbeddedRedis
 from supervisor.errors import RedisUnavailable, Refused
-from supervisor.guard.verdict import Action, Severity, Verdict
+from supervisor.guard.respond import Responder
 from supervisor.logs import get as get_logger
 from supervisor.metrics import Metrics
 from supervisor.notify import CHILD_ENV_STRIP, Notifier
@@ -80,7 +84,7 @@ class Daemon:
             config,
             self.metrics,
             self.rollout,
-            on_verdict=self._on_verdict,
+            on_verdict=lambda verdict: self.respond(verdict),
             on_hello=self._on_hello,
             on_permit=self._on_permit,
             on_reply=self._on_reply,
@@ -89,8 +93,14 @@ class Daemon:
         self.alerter = Alerter.from_config(
             config.alerts, on_failure=self.metrics.webhook_failures.inc
         )
-        # (trigger, color) -> unix time it last fired, for `agentsup triggers`
-        self.fired: dict[tuple[str, Color], float] = {}
+        self.respond = Responder(
+            config,
+            self.metrics,
+            self.rollout,
+            self.alerter,
+            self._spawn,
+            overdue=self.pipeline.escrow.overdue,
+        )
         # Executions whose key memory may have forgotten: checked against Redis's permits.
         self._lookups: asyncio.Queue[tuple[Color, str, int]] = asyncio.Queue(maxsize=10_000)
         env = self._child_env()
@@ -118,6 +128,7 @@ class Daemon:
         self.stop_reason: str | None = None
         self.exit_code = 0
         self.started_at = time.monotonic()
+        self._records_path = sup.state_dir / "children.json"
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._redis_up = asyncio.Event()
@@ -126,7 +137,6 @@ class Daemon:
         self._loops: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._supervisors: list[asyncio.Task[None]] = []
-        self._rolling_back: set[Color] = set()
         self._permit_seen: dict[str, int] = {}
         self._sigints = 0
 
@@ -271,7 +281,7 @@ class Daemon:
             await self.redis.aclose()
         if self.embedded is not None:
             await self.embedded.stop()
-        (self.config.supervisor.state_dir / "children.json").unlink(missing_ok=True)
+        self._records_path.unlink(missing_ok=True)
         self.notifier.close()
         log.info("stopped", exit_code=self.exit_code)
 
@@ -370,7 +380,7 @@ class Daemon:
             await asyncio.sleep(HOUSEKEEPING_S)
 
     def _export_trigger_values(self) -> None:
-        for name, trig in self.pipeline.trigger_states(self.children, self.fired).items():
+        for name, trig in self.pipeline.trigger_states(self.children, self.respond.fired).items():
             if trig["threshold"] is not None:
                 self.metrics.trigger_threshold.labels(name).set(trig["threshold"])
             for color, st in trig["colors"].items():
@@ -400,7 +410,7 @@ class Daemon:
                     color, key, record, epoch, now=now
                 )
                 if verdict is not None:
-                    self._on_verdict(verdict)
+                    self.respond(verdict)
 
     def _check_probation(self) -> None:
         s = self.rollout.state
@@ -502,72 +512,6 @@ class Daemon:
         with contextlib.suppress(RedisUnavailable, Refused):
             await self.rollout.bump(reason)
 
-    def _on_verdict(self, verdict: Verdict) -> None:
-        """Every verdict: counted, logged; alerts and rollbacks sent on. Only the candidate in
-        charge is rolled back (stable has nowhere to go back to: it is alerted on)."""
-        started = time.monotonic()
-        color = verdict.color
-        self.metrics.triggers_fired.labels(verdict.trigger, verdict.severity.value).inc()
-        level = (
-            log.error
-            if verdict.severity is Severity.CRITICAL
-            else (log.info if verdict.severity is Severity.LOW else log.warning)
-        )
-        level(
-            "trigger_fired",
-            trigger=verdict.trigger,
-            severity=verdict.severity.value,
-            color=color.value,
-            action=verdict.action.value,
-            message=verdict.message,
-            **verdict.numbers(),
-        )
-        if verdict.action is Action.LOG:
-            return
-        self.fired[(verdict.trigger, color)] = time.time()
-        s = self.rollout.state
-        rollback = verdict.action is Action.ROLLBACK and s.candidate is color and s.active is color
-        if rollback and color not in self._rolling_back:
-            self._rolling_back.add(color)
-            self._spawn(self._auto_rollback(verdict, started))
-        extra: dict[str, Any] = {"rollback": rollback}
-        if verdict.trigger == "escrow_gap":
-            extra["escrows"] = self.pipeline.escrow.overdue(started)
-        self.metrics.alerts_sent.labels(verdict.trigger).inc()
-        self.alerter.send(
-            alert_from_verdict(
-                verdict,
-                supervisor_name=self.config.supervisor.name,
-                version=self.config.agents[color].version,
-                epoch=s.epoch,
-                extra=extra,
-            )
-        )
-
-    async def _auto_rollback(self, verdict: Verdict, started: float) -> None:
-        try:
-            change = await self.rollout.rollback(
-                verdict.reason,
-                "guard",
-                trigger=verdict.trigger,
-                automatic=True,
-                color=verdict.color,
-                started=started,
-            )
-            if change is not None:
-                log.error(
-                    "rolled_back",
-                    to=change.active,
-                    epoch=change.epoch,
-                    trigger=verdict.trigger,
-                    reason=verdict.reason,
-                    flip_ms=round((time.monotonic() - started) * 1000, 3),
-                )
-        except (RedisUnavailable, Refused) as exc:
-            log.error("rollback_not_committed", error=str(exc), trigger=verdict.trigger)
-        finally:
-            self._rolling_back.discard(verdict.color)
-
     def _on_permit(self, child: Child, msg: dict[str, Any]) -> None:
         self._spawn(self._permit(child, msg))
 
@@ -604,61 +548,23 @@ class Daemon:
             f"redis={'up' if self._redis_up.is_set() else 'down'}"
         )
 
+    @property
+    def redis_is_up(self) -> bool:
+        return self._redis_up.is_set()
+
     def _kill_leftovers(self) -> None:
-        path = self.config.supervisor.state_dir / "children.json"
-        try:
-            records = orjson.loads(path.read_bytes())
-        except (FileNotFoundError, orjson.JSONDecodeError):
-            return
-        if isinstance(records, list):
-            killed = kill_leftovers([r for r in records if isinstance(r, dict)])
-            if killed:
-                log.warning("killed_leftover_children", pids=killed)
+        killed = kill_leftovers(read_records(self._records_path))
+        if killed:
+            log.warning("killed_leftover_children", pids=killed)
 
     def _write_children_record(self) -> None:
-        records = [r for r in (c.record() for c in self.children.values()) if r]
-        path = self.config.supervisor.state_dir / "children.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(records))
-        os.replace(tmp, path)
+        write_records(self._records_path, self.children.values())
 
     async def status(self, flips: int = 10) -> dict[str, Any]:
-        now = time.monotonic()
-        children = {}
-        for color, child in self.children.items():
-            told = self.told[color]
-            hb = child.last_heartbeat
-            children[color.value] = {
-                "state": child.state.value,
-                "pid": child.pid,
-                "version": child.cfg.version,
-                "role": told[0] if told else self.rollout.role_of(color),
-                "told_epoch": told[1] if told else None,
-                "uptime_s": round(child.uptime, 3) if child.uptime is not None else None,
-                "restarts": child.restarts,
-                "last_exit": child.last_exit,
-                "protocol": child.speaks_protocol,
-                "heartbeat_age_s": round(now - hb, 3) if hb is not None else None,
-                **self.pipeline.tally[color].as_dict(),
-            }
-        recent: list[dict[str, str]] = []
-        if self._redis_up.is_set() and flips:
-            with contextlib.suppress(RedisError, OSError):
-                recent = await self.arbiter.flips(flips)
-        return {
-            **self.rollout.describe(),
-            "name": self.config.supervisor.name,
-            "namespace": self.config.supervisor.namespace,
-            "redis": "up" if self._redis_up.is_set() else "down",
-            "children": children,
-            "flips": recent,
-            "events": self.pipeline.events,
-            "pid": os.getpid(),
-            "version": __version__,
-            "uptime_s": round(now - self.started_at, 3),
-            "probation_s": self.config.rollout.probation_s,
-            "triggers": self.pipeline.trigger_states(self.children, self.fired),
-        }
+        """The ``status`` object (see :mod:`supervisor.control.commands.status`)."""
+        from supervisor.control.commands.status import build
+
+        return await build(self, flips)
 
     def _child_env(self) -> dict[str, str]:
         env = {

@@ -24,10 +24,12 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
+import orjson
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -377,6 +379,23 @@ class Child:
         if self.pid is None or self.start_time is None:
             return None
         return {"pid": self.pid, "start_time": self.start_time}
+
+
+def write_records(path: Path, children: Iterable[Child]) -> None:
+    """Record the children's pids and start times (replaced atomically) for the next daemon."""
+    records = [r for r in (c.record() for c in children) if r]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps(records))
+    os.replace(tmp, path)
+
+
+def read_records(path: Path) -> list[dict[str, int]]:
+    """What a previous daemon recorded; nothing when there is no file or it is damaged."""
+    try:
+        records = orjson.loads(path.read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return []
+    return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
 
 
 def kill_leftovers(records: list[dict[str, int]]) -> list[int]:

@@ -21,4 +21,4 @@ class Args(BaseModel):
 
 
 async def run(daemon: Daemon, args: Args, *, by: str) -> dict[str, Any]:
-    return daemon.pipeline.trigger_states(daemon.children, daemon.fired)
+    return daemon.pipeline.trigger_states(daemon.children, daemon.respond.fired)
