@@ -105,6 +105,7 @@ class Inbox:
         def check() -> float | None:
             b, g = self.roles.get(("blue", epoch)), self.roles.get(("green", epoch))
             return max(b, g) if b is not None and g is not None else None
+
         result: float = await self.until(check)
         return result
 
@@ -112,16 +113,26 @@ class Inbox:
 def daemon_config(directory: Path, permits: int) -> config.Config:
     probe = [PY, str(ROOT / "bench" / "probe_agent.py")]
     env = {"BENCH_SOCKET": str(directory / "bench.sock"), "PYTHONPATH": str(ROOT)}
-    return config.parse({
-        "supervisor": {"name": "bench", "namespace": "bench", "state_dir": str(directory / "s"),
-                       "control_socket": str(directory / "control.sock")},
-        "metrics": {"listen": ""},
-        "rollout": {"probation_s": 0},
-        "agents": {
-            "blue": {"command": probe, "version": "1", "env": {**env, "BENCH_PERMITS": str(permits)}},
-            "green": {"command": probe, "version": "2", "env": env},
-        },
-    })
+    return config.parse(
+        {
+            "supervisor": {
+                "name": "bench",
+                "namespace": "bench",
+                "state_dir": str(directory / "s"),
+                "control_socket": str(directory / "control.sock"),
+            },
+            "metrics": {"listen": ""},
+            "rollout": {"probation_s": 0},
+            "agents": {
+                "blue": {
+                    "command": probe,
+                    "version": "1",
+                    "env": {**env, "BENCH_PERMITS": str(permits)},
+                },
+                "green": {"command": probe, "version": "2", "env": env},
+            },
+        }
+    )
 
 
 async def flips(directory: Path, n: int, permits: int) -> dict[str, Any]:
@@ -141,7 +152,8 @@ async def flips(directory: Path, n: int, permits: int) -> dict[str, Any]:
     try:
         async with asyncio.timeout(30):
             while not daemon.ready.is_set() or not all(
-                    c.speaks_protocol for c in daemon.children.values()):
+                c.speaks_protocol for c in daemon.children.values()
+            ):
                 await asyncio.sleep(0.01)
         if permits:
             out["permits"] = await inbox.until(lambda: inbox.permits, timeout=60)
@@ -157,8 +169,9 @@ async def flips(directory: Path, n: int, permits: int) -> dict[str, Any]:
             # Green reports an unhandled exception: the critical trigger rolls back.
             expected = daemon.rollout.state.epoch + 1
             t0 = time.monotonic()
-            daemon.pipeline.handle(green, {"type": "error", "kind": "exception",
-                                           "message": "bench"})
+            daemon.pipeline.handle(
+                green, {"type": "error", "kind": "exception", "message": "bench"}
+            )
             told = await inbox.both_told(expected)
             out["trigger_told"].append((told - t0) * 1000)
             out["trigger_commit"].append((committed[expected] - t0) * 1000)
@@ -179,8 +192,16 @@ async def seed_baseline(directory: Path, n_pollers: int, rounds: int) -> list[fl
     server.start()
     inbox = Inbox(directory)
     reader = asyncio.create_task(inbox.run())
-    pollers = subprocess.Popen([PY, str(ROOT / "bench" / "seed_poller.py"), server.url,
-                                "agent:active_version", inbox.path, str(n_pollers)])
+    pollers = subprocess.Popen(
+        [
+            PY,
+            str(ROOT / "bench" / "seed_poller.py"),
+            server.url,
+            "agent:active_version",
+            inbox.path,
+            str(n_pollers),
+        ]
+    )
     client = Redis.from_url(server.url)
     samples: list[float] = []
     try:
@@ -207,9 +228,19 @@ def pipeline_throughput(events: int) -> dict[str, float]:
     try:
         daemon = Daemon(daemon_config(directory, 0))
         child = daemon.children[Color.BLUE]
-        line = orjson.dumps({"type": "decision", "id": "d-000000", "kind": "dice",
-                             "inputs": {"target": 49.5, "stake": 1.0},
-                             "output": {"bet": "under"}, "latency_ms": 1.25}) + b"\n"
+        line = (
+            orjson.dumps(
+                {
+                    "type": "decision",
+                    "id": "d-000000",
+                    "kind": "dice",
+                    "inputs": {"target": 49.5, "stake": 1.0},
+                    "output": {"bet": "under"},
+                    "latency_ms": 1.25,
+                }
+            )
+            + b"\n"
+        )
         per_chunk = 65536 // len(line)
         chunk = line * per_chunk
         chunks = events // per_chunk
@@ -230,20 +261,23 @@ def pipeline_throughput(events: int) -> dict[str, float]:
                 for part in data.split(b"\n")[:-1]:
                     orjson.loads(part)
 
-        full = ChannelProtocol(lambda m: daemon.pipeline.handle(child, m),
-                               lambda k, d: None, lambda: None)
+        full = ChannelProtocol(
+            lambda m: daemon.pipeline.handle(child, m), lambda k, d: None, lambda: None
+        )
         result = {"split": run(Split()), "parse": run(Parse())}
         before = rss_mb()
         result["pipeline"] = run(full)
         result["rss_before"] = before
         result["rss_after"] = rss_mb()
-        mixed = b"".join([
-            line,
-            orjson.dumps({"type": "outcome", "pnl": -1.0, "decision_id": "d-1"}) + b"\n",
-            orjson.dumps({"type": "execution", "decision_id": "d-1", "key": "k", "amount": 1})
-            + b"\n",
-            orjson.dumps({"type": "heartbeat"}) + b"\n",
-        ])
+        mixed = b"".join(
+            [
+                line,
+                orjson.dumps({"type": "outcome", "pnl": -1.0, "decision_id": "d-1"}) + b"\n",
+                orjson.dumps({"type": "execution", "decision_id": "d-1", "key": "k", "amount": 1})
+                + b"\n",
+                orjson.dumps({"type": "heartbeat"}) + b"\n",
+            ]
+        )
         chunk = mixed * (65536 // len(mixed))
         per_chunk = 4 * (65536 // len(mixed))
         chunks = events // per_chunk
@@ -263,14 +297,19 @@ def start_to_ready(runs: int) -> list[float]:
                 f'[supervisor]\nstate_dir = "{directory}/s"\n'
                 f'control_socket = "{directory}/c.sock"\n[metrics]\nlisten = ""\n'
                 '[agents.blue]\ncommand = ["sleep", "100"]\nversion = "1"\n'
-                '[agents.green]\ncommand = ["sleep", "100"]\nversion = "2"\n')
+                '[agents.green]\ncommand = ["sleep", "100"]\nversion = "2"\n'
+            )
             notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             notify.bind(str(directory / "n.sock"))
             notify.settimeout(20)
             env = {**os.environ, "NOTIFY_SOCKET": str(directory / "n.sock")}
             t0 = time.monotonic()
-            proc = subprocess.Popen([PY, "-m", "supervisor", "run", "-c", str(cfg)], env=env,
-                                    stdout=subprocess.DEVNULL, cwd=ROOT)
+            proc = subprocess.Popen(
+                [PY, "-m", "supervisor", "run", "-c", str(cfg)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                cwd=ROOT,
+            )
             while b"READY=1" not in notify.recv(65536):
                 pass
             samples.append((time.monotonic() - t0) * 1000)
@@ -287,16 +326,21 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small numbers, for CI")
     args = ap.parse_args()
     n_flips, permits, events, pollers, rounds, starts = (
-        (20, 500, 200_000, 10, 2, 2) if args.quick else (300, 5000, 1_000_000, 50, 4, 5))
+        (20, 500, 200_000, 10, 2, 2) if args.quick else (300, 5000, 1_000_000, 50, 4, 5)
+    )
     logs.configure("warning", json=True, sink=open(os.devnull, "w"))  # noqa: SIM115
     import uvloop
 
-    print(f"agent-supervisor benchmark ({'quick' if args.quick else 'full'}), "
-          f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs\n", flush=True)
+    print(
+        f"agent-supervisor benchmark ({'quick' if args.quick else 'full'}), "
+        f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs\n",
+        flush=True,
+    )
     directory = Path(tempfile.mkdtemp(prefix="asb-", dir="/tmp"))
     try:
-        print("flips and permits (in-process daemon, embedded Redis, 2 probe agents)...",
-              flush=True)
+        print(
+            "flips and permits (in-process daemon, embedded Redis, 2 probe agents)...", flush=True
+        )
         (directory / "f").mkdir()
         f = uvloop.run(flips(directory / "f", n_flips, permits))
         print(f"the seed's standby: {pollers} pollers x {rounds} SETs...", flush=True)
@@ -318,27 +362,38 @@ def main() -> int:
     for name, samples, baseline, target in rows:
         b50 = ms(statistics.median(baseline)) if baseline else "-"
         b99 = ms(pct(baseline, 0.99)) if baseline else "-"
-        print(f"{name:<38} {ms(statistics.median(samples)):>11} {ms(pct(samples, 0.99)):>11} "
-              f"{b50:>11} {b99:>11}  {target}")
+        print(
+            f"{name:<38} {ms(statistics.median(samples)):>11} {ms(pct(samples, 0.99)):>11} "
+            f"{b50:>11} {b99:>11}  {target}"
+        )
     p = f["permits"]
-    print(f"{'permit via the SDK (one EVALSHA)':<38} {ms(p['sdk']['p50']):>11} "
-          f"{ms(p['sdk']['p99']):>11} {ms(p['get']['p50']):>11} {ms(p['get']['p99']):>11}  "
-          "p50 < 0.2 ms, p99 < 1 ms (baseline: a plain GET)")
-    print(f"{'permit via the channel':<38} {ms(p['channel']['p50']):>11} "
-          f"{ms(p['channel']['p99']):>11} {'':>11} {'':>11}  p99 < 2 ms")
-    print(f"  ({len(f['set'])} flips each way, {permits} permits each, "
-          f"{len(base)} seed samples)\n")
+    print(
+        f"{'permit via the SDK (one EVALSHA)':<38} {ms(p['sdk']['p50']):>11} "
+        f"{ms(p['sdk']['p99']):>11} {ms(p['get']['p50']):>11} {ms(p['get']['p99']):>11}  "
+        "p50 < 0.2 ms, p99 < 1 ms (baseline: a plain GET)"
+    )
+    print(
+        f"{'permit via the channel':<38} {ms(p['channel']['p50']):>11} "
+        f"{ms(p['channel']['p99']):>11} {'':>11} {'':>11}  p99 < 2 ms"
+    )
+    print(f"  ({len(f['set'])} flips each way, {permits} permits each, {len(base)} seed samples)\n")
     print(f"{'throughput, one core':<38} {'events/s':>11}")
     print(f"{'baseline: split lines only':<38} {tp['split']:>11,.0f}")
     print(f"{'baseline: split + orjson.loads':<38} {tp['parse']:>11,.0f}")
     print(f"{'pipeline: decision events':<38} {tp['pipeline']:>11,.0f}  target >= 100,000")
-    print(f"{'pipeline: mixed events':<38} {tp['mixed']:>11,.0f}  "
-          "(decision, outcome, execution, heartbeat)")
+    print(
+        f"{'pipeline: mixed events':<38} {tp['mixed']:>11,.0f}  "
+        "(decision, outcome, execution, heartbeat)"
+    )
     grew = tp["rss_after"] - tp["rss_before"]
-    print(f"{'resident memory over the run':<38} {tp['rss_before']:.1f} MB -> "
-          f"{tp['rss_after']:.1f} MB (+{grew:.1f} MB)  target < +10 MB\n")
-    print(f"{'start to READY=1 (embedded Redis)':<38} median {ms(statistics.median(ready))}, "
-          f"max {ms(max(ready))} over {len(ready)} starts  target < 1.5 s")
+    print(
+        f"{'resident memory over the run':<38} {tp['rss_before']:.1f} MB -> "
+        f"{tp['rss_after']:.1f} MB (+{grew:.1f} MB)  target < +10 MB\n"
+    )
+    print(
+        f"{'start to READY=1 (embedded Redis)':<38} median {ms(statistics.median(ready))}, "
+        f"max {ms(max(ready))} over {len(ready)} starts  target < 1.5 s"
+    )
     return 0
 
 

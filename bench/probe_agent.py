@@ -4,7 +4,6 @@ the channel and N plain Redis GETs (the seed's is_active check) once it is made 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import statistics
@@ -18,8 +17,10 @@ from supervisor.agent import Agent
 
 def quantiles(samples: list[float]) -> dict[str, float]:
     samples.sort()
-    return {"p50": statistics.median(samples),
-            "p99": samples[min(len(samples) - 1, int(len(samples) * 0.99))]}
+    return {
+        "p50": statistics.median(samples),
+        "p99": samples[min(len(samples) - 1, int(len(samples) * 0.99))],
+    }
 
 
 async def main() -> None:

@@ -31,13 +31,27 @@ PERMIT_REASONS = ("not_active", "stale_epoch", "duplicate", "unavailable")
 # Every trigger with its severity (the rollback table), and every reason a flip can have: all
 # exported at 0 from the start, so that increase() sees the very first rollback.
 TRIGGER_SEVERITY = {
-    "exception": "critical", "auth": "critical", "exit": "critical", "heartbeat": "critical",
-    "double_spend": "critical", "pnl_sigma": "high", "latency": "medium",
-    "escrow_gap": "medium", "pnl_ok": "low",
+    "exception": "critical",
+    "auth": "critical",
+    "exit": "critical",
+    "heartbeat": "critical",
+    "double_spend": "critical",
+    "pnl_sigma": "high",
+    "latency": "medium",
+    "escrow_gap": "medium",
+    "pnl_ok": "low",
 }
 ROLLBACK_TRIGGERS = (*(t for t in TRIGGER_SEVERITY if t != "pnl_ok"), "manual")
-FLIP_REASONS = ("start", "switch", "external", "restored", "restart", "epoch_regressed",
-                "external_epoch", *ROLLBACK_TRIGGERS)
+FLIP_REASONS = (
+    "start",
+    "switch",
+    "external",
+    "restored",
+    "restart",
+    "epoch_regressed",
+    "external_epoch",
+    *ROLLBACK_TRIGGERS,
+)
 # Decision latency buckets, in seconds: agents decide in about a millisecond to a few seconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # A flip is one Lua call plus two socket writes: tens of microseconds to a few milliseconds.

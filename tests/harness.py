@@ -42,7 +42,9 @@ def _toml(value: Any) -> str:
     raise TypeError(value)
 
 
-def agent(command: list[str] | None = None, version: str = "1.0.0", **fields: Any) -> dict[str, Any]:
+def agent(
+    command: list[str] | None = None, version: str = "1.0.0", **fields: Any
+) -> dict[str, Any]:
     """An ``[agents.COLOR]`` table; the demo agent unless a command is given."""
     return {"command": command or DEMO_AGENT, "version": version, **fields}
 
@@ -58,8 +60,11 @@ def write_config(
     """A config file for a daemon living in ``directory`` (short path: sockets fit)."""
     tables: dict[str, dict[str, Any]] = {
         "supervisor": {
-            "name": "test", "namespace": "t", "state_dir": str(directory / "state"),
-            "control_socket": str(directory / "control.sock"), "shutdown_timeout_s": 30.0,
+            "name": "test",
+            "namespace": "t",
+            "state_dir": str(directory / "state"),
+            "control_socket": str(directory / "control.sock"),
+            "shutdown_timeout_s": 30.0,
         },
         "metrics": {"listen": "127.0.0.1:0"},
         "agents.blue": blue,
@@ -104,14 +109,23 @@ class DaemonProcess:
 
     async def start(self, *, wait_ready: bool = True) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            PY, "-m", "supervisor", "run", "-c", str(self.config),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self.env,
+            PY,
+            "-m",
+            "supervisor",
+            "run",
+            "-c",
+            str(self.config),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.env,
             limit=4 << 20,
         )
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
-        self._readers = [asyncio.create_task(self._read(self.proc.stdout)),
-                         asyncio.create_task(self._read_err(self.proc.stderr))]
+        self._readers = [
+            asyncio.create_task(self._read(self.proc.stdout)),
+            asyncio.create_task(self._read_err(self.proc.stderr)),
+        ]
         if wait_ready:
             await self.wait_log("ready", timeout=20)
 
@@ -135,14 +149,23 @@ class DaemonProcess:
         return self.proc.pid
 
     def find(self, event: str, since: int = 0, **fields: Any) -> list[dict[str, Any]]:
-        return [r for r in self.logs[since:] if r.get("event") == event
-                and all(r.get(k) == v for k, v in fields.items())]
+        return [
+            r
+            for r in self.logs[since:]
+            if r.get("event") == event and all(r.get(k) == v for k, v in fields.items())
+        ]
 
     async def wait_log(
-        self, event: str, *, timeout: float = 15.0, since: int = 0,
-        where: Callable[[dict[str, Any]], bool] | None = None, **fields: Any,
+        self,
+        event: str,
+        *,
+        timeout: float = 15.0,
+        since: int = 0,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+        **fields: Any,
     ) -> dict[str, Any]:
         """The first log record (from index ``since``) with this event and these fields."""
+
         def match() -> dict[str, Any] | None:
             for r in self.find(event, since, **fields):
                 if where is None or where(r):
@@ -162,14 +185,23 @@ class DaemonProcess:
             tail = "\n".join(orjson.dumps(r).decode()[:300] for r in self.logs[-40:])
             raise AssertionError(
                 f"no {event!r} log record with {fields} within {timeout} s; last lines:\n{tail}"
-                f"\nstderr: {''.join(self.raw_stderr)[-2000:]}")
+                f"\nstderr: {''.join(self.raw_stderr)[-2000:]}"
+            )
         return found
 
     async def cli(self, *args: str, timeout: float = 30.0) -> CliResult:
         """Run ``agentsup ARGS --socket SOCK`` as an operator would."""
         proc = await asyncio.create_subprocess_exec(
-            PY, "-m", "supervisor", *args, "--socket", str(self.socket),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self.env)
+            PY,
+            "-m",
+            "supervisor",
+            *args,
+            "--socket",
+            str(self.socket),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.env,
+        )
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
         assert proc.returncode is not None
         return CliResult(proc.returncode, out.decode(), err.decode())
@@ -241,8 +273,13 @@ async def running_daemon(
 ) -> AsyncIterator[DaemonProcess]:
     """Start ``agentsup run`` with a fresh config; SIGTERM and clean up on the way out."""
     directory = short_tempdir("as-d-")
-    config = write_config(directory, redis_url=redis_url, blue=blue or agent(version="1.0.0"),
-                          green=green or agent(version="2.0.0"), sections=sections)
+    config = write_config(
+        directory,
+        redis_url=redis_url,
+        blue=blue or agent(version="1.0.0"),
+        green=green or agent(version="2.0.0"),
+        sections=sections,
+    )
     full_env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
     full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
     daemon = DaemonProcess(directory, config, full_env)

@@ -33,10 +33,25 @@ class RedisServer:
 
     def start(self) -> None:
         args = [
-            str(REDIS_BINARY), "--port", "0", "--unixsocket", str(self.socket),
-            "--unixsocketperm", "700", "--dir", str(self.dir), "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no", "--daemonize", "no",
-            "--loglevel", "notice", "--logfile", "",
+            str(REDIS_BINARY),
+            "--port",
+            "0",
+            "--unixsocket",
+            str(self.socket),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "notice",
+            "--logfile",
+            "",
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert self.proc.stdout is not None
@@ -71,7 +86,9 @@ class RedisServer:
         """Run redis-cli against this server, the way an operator would."""
         out = subprocess.run(
             ["redis-cli", "-s", str(self.socket), *args],
-            check=True, capture_output=True, timeout=10,
+            check=True,
+            capture_output=True,
+            timeout=10,
         )
         return out.stdout.decode().strip()
 

@@ -49,7 +49,7 @@ class FakeSupervisor:
         self,
         type_: str | None = None,
         *,
-        timeout: float = WAIT,  # noqa: ASYNC109 (a failed wait must say which message)
+        timeout: float = WAIT,
         heartbeats: bool = False,
     ) -> dict[str, Any]:
         """The next message (of ``type_`` when given), skipping heartbeats unless asked."""

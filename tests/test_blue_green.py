@@ -16,20 +16,24 @@ def raw(version: str, **env: str) -> dict[str, object]:
 
 def told(d, color: str, role: str, epoch: int) -> object:  # type: ignore[no-untyped-def]
     """Wait until the child itself printed that it received this role push."""
+
     def match(r: dict[str, object]) -> bool:
         line = str(r.get("line", ""))
         if not line.startswith("recv "):
             return False
         msg = json.loads(line[5:])
         return msg.get("type") == "role" and msg["role"] == role and msg["epoch"] == epoch
+
     return d.wait_log("child_output", color=color, where=match)
 
 
 async def test_switch_confirm_rollback_through_the_cli(redis_server: RedisServer) -> None:
-    async with running_daemon(redis_url=redis_server.url, blue=raw("1.0.0"),
-                              green=raw("2.0.0")) as d:
-        st = await d.wait_status(lambda s: all(
-            c["state"] == "RUNNING" and c["protocol"] for c in s["children"].values()))
+    async with running_daemon(
+        redis_url=redis_server.url, blue=raw("1.0.0"), green=raw("2.0.0")
+    ) as d:
+        st = await d.wait_status(
+            lambda s: all(c["state"] == "RUNNING" and c["protocol"] for c in s["children"].values())
+        )
         assert st["active"] == "blue"
         assert st["stable"] == "blue"
         epoch0 = st["epoch"]
@@ -68,15 +72,17 @@ async def test_switch_confirm_rollback_through_the_cli(redis_server: RedisServer
         assert (st["active"], st["stable"], st["candidate"]) == ("green", "green", None)
         human = (await d.cli("status")).out
         assert "active: green" in human
-        assert "COLOR" in human and "RUNNING" in human
+        assert "COLOR" in human
+        assert "RUNNING" in human
         assert (await d.cli("confirm")).rc == 1
 
 
 async def test_operator_set_is_adopted_epoch_rises_and_both_children_are_told(
     redis_server: RedisServer,
 ) -> None:
-    async with running_daemon(redis_url=redis_server.url, blue=raw("1.0.0"),
-                              green=raw("2.0.0")) as d:
+    async with running_daemon(
+        redis_url=redis_server.url, blue=raw("1.0.0"), green=raw("2.0.0")
+    ) as d:
         st = await d.wait_status(lambda s: all(c["protocol"] for c in s["children"].values()))
         epoch0 = st["epoch"]
         # The seed's operator command, verbatim.
@@ -116,8 +122,9 @@ async def test_operator_set_is_adopted_epoch_rises_and_both_children_are_told(
 async def test_after_a_flip_the_old_colors_permit_is_refused(redis_server: RedisServer) -> None:
     from tests.test_lifecycle import permit
 
-    async with running_daemon(redis_url=redis_server.url, blue=raw("1.0.0"),
-                              green=raw("2.0.0")) as d:
+    async with running_daemon(
+        redis_url=redis_server.url, blue=raw("1.0.0"), green=raw("2.0.0")
+    ) as d:
         st = await d.wait_status(lambda s: all(c["protocol"] for c in s["children"].values()))
         blue_epoch = st["children"]["blue"]["told_epoch"]
         assert permit(redis_server, "blue", blue_epoch, "order-1") == "ok"

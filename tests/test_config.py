@@ -37,8 +37,9 @@ version = "2.0.0"
 
 
 def agentsup(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "supervisor", *args], capture_output=True,
-                          text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor", *args], capture_output=True, text=True, timeout=30
+    )
 
 
 def test_design_minimal_file_is_valid(tmp_path: Path) -> None:
@@ -54,16 +55,29 @@ def test_design_minimal_file_is_valid(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "field"),
     [
-        (lambda t: t.replace('command = ["python3", "-m", "my_agent"]\nversion = "1.0.0"',
-                             'version = "1.0.0"'), "agents.blue.command: Field required"),
-        (lambda t: t.replace('initial_active = "blue"', 'initial_active = "red"'),
-         "supervisor.initial_active:"),
-        (lambda t: t.replace('listen = "127.0.0.1:9464"', 'listen = "nonsense"'),
-         "metrics.listen: must be host:port"),
-        (lambda t: t.replace("redis://127.0.0.1", "redis://:hunter2@127.0.0.1"),
-         "redis.url: holds a password"),
+        (
+            lambda t: t.replace(
+                'command = ["python3", "-m", "my_agent"]\nversion = "1.0.0"', 'version = "1.0.0"'
+            ),
+            "agents.blue.command: Field required",
+        ),
+        (
+            lambda t: t.replace('initial_active = "blue"', 'initial_active = "red"'),
+            "supervisor.initial_active:",
+        ),
+        (
+            lambda t: t.replace('listen = "127.0.0.1:9464"', 'listen = "nonsense"'),
+            "metrics.listen: must be host:port",
+        ),
+        (
+            lambda t: t.replace("redis://127.0.0.1", "redis://:hunter2@127.0.0.1"),
+            "redis.url: holds a password",
+        ),
         (lambda t: t + "\n[triggers.pnl_sigma]\nwindow = 1\n", "triggers.pnl_sigma.window:"),
-        (lambda t: t + "\n[triggers.latency]\nratoi = 2.0\n", "triggers.latency.ratoi: unknown key"),
+        (
+            lambda t: t + "\n[triggers.latency]\nratoi = 2.0\n",
+            "triggers.latency.ratoi: unknown key",
+        ),
         (lambda t: t.replace("[metrics]", "[metrics\n"), "not valid TOML"),
     ],
 )
@@ -95,7 +109,13 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_no_redis_section_means_embedded() -> None:
-    cfg = config.parse({"agents": {"blue": {"command": ["a"], "version": "1"},
-                                   "green": {"command": ["a"], "version": "2"}}})
+    cfg = config.parse(
+        {
+            "agents": {
+                "blue": {"command": ["a"], "version": "1"},
+                "green": {"command": ["a"], "version": "2"},
+            }
+        }
+    )
     assert cfg.redis.embedded
     assert cfg.redis_url() == f"unix://{cfg.supervisor.state_dir / 'redis.sock'}"

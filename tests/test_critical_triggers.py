@@ -35,7 +35,9 @@ async def test_misbehaving_candidate_is_rolled_back(
     green = demo_agent("2.0.0", AGENTSUP_DEMO_BUG=bug, AGENTSUP_DEMO_BUG_AFTER="3")
     green["stop_timeout_s"] = 2.0
     async with running_daemon(
-        redis_url=redis_server.url, blue=demo_agent("1.0.0"), green=green,
+        redis_url=redis_server.url,
+        blue=demo_agent("1.0.0"),
+        green=green,
         sections={"triggers.heartbeat": {"timeout_s": 1.0}},
     ) as d:
         await d.wait_status(lambda s: all(c["protocol"] for c in s["children"].values()))
@@ -60,8 +62,9 @@ async def test_misbehaving_candidate_is_rolled_back(
 
 
 async def test_a_healthy_candidate_is_kept(redis_server: RedisServer) -> None:
-    async with running_daemon(redis_url=redis_server.url, blue=demo_agent("1.0.0"),
-                              green=demo_agent("2.0.0")) as d:
+    async with running_daemon(
+        redis_url=redis_server.url, blue=demo_agent("1.0.0"), green=demo_agent("2.0.0")
+    ) as d:
         await d.wait_status(lambda s: all(c["protocol"] for c in s["children"].values()))
         assert (await d.cli("switch", "green")).rc == 0
         st = await d.wait_status(lambda s: s["children"]["green"]["rounds"] >= 60, timeout=30)

@@ -7,8 +7,9 @@ import sys
 
 
 def test_demo_runs_to_the_end() -> None:
-    done = subprocess.run([sys.executable, "-m", "supervisor", "demo"], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "supervisor", "demo"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert "blue v1.0.0 in charge" in out

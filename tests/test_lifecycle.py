@@ -19,8 +19,10 @@ def permit(server: RedisServer, color: str, epoch: int, key: str, token: str = "
     r = Redis.from_url(server.url)
     try:
         script = r.register_script(PERMIT)
-        answer = script(keys=[KEYS.active, KEYS.epoch, KEYS.permit(key), KEYS.permit_stats],
-                        args=[color, str(epoch), "60000", token])
+        answer = script(
+            keys=[KEYS.active, KEYS.epoch, KEYS.permit(key), KEYS.permit_stats],
+            args=[color, str(epoch), "60000", token],
+        )
         return answer.decode() if isinstance(answer, bytes) else str(answer)
     finally:
         r.close()
@@ -29,11 +31,19 @@ def permit(server: RedisServer, color: str, epoch: int, key: str, token: str = "
 async def test_crash_looping_child_goes_fatal_and_the_daemon_stays_up(
     redis_server: RedisServer,
 ) -> None:
-    crashing = agent(["sh", "-c", "echo starting; exit 3"], "2.0.0",
-                     restart={"max_restarts": 2, "period_s": 60.0, "backoff_initial_s": 0.05,
-                              "backoff_max_s": 0.1})
-    async with running_daemon(redis_url=redis_server.url, blue=agent(RAW, "1.0.0"),
-                              green=crashing) as d:
+    crashing = agent(
+        ["sh", "-c", "echo starting; exit 3"],
+        "2.0.0",
+        restart={
+            "max_restarts": 2,
+            "period_s": 60.0,
+            "backoff_initial_s": 0.05,
+            "backoff_max_s": 0.1,
+        },
+    )
+    async with running_daemon(
+        redis_url=redis_server.url, blue=agent(RAW, "1.0.0"), green=crashing
+    ) as d:
         await d.wait_log("child_fatal", color="green")
         st = await d.status()
         assert st["children"]["green"]["state"] == "FATAL"
@@ -53,10 +63,14 @@ async def test_crash_looping_child_goes_fatal_and_the_daemon_stays_up(
 async def test_sigterm_stops_both_children_within_their_timeouts_and_exits_0(
     redis_server: RedisServer,
 ) -> None:
-    stubborn = agent(["sh", "-c", "trap '' TERM; echo up; while :; do sleep 0.1; done"], "2.0.0",
-                     stop_timeout_s=1.0)
-    async with running_daemon(redis_url=redis_server.url, blue=agent(RAW, "1.0.0"),
-                              green=stubborn) as d:
+    stubborn = agent(
+        ["sh", "-c", "trap '' TERM; echo up; while :; do sleep 0.1; done"],
+        "2.0.0",
+        stop_timeout_s=1.0,
+    )
+    async with running_daemon(
+        redis_url=redis_server.url, blue=agent(RAW, "1.0.0"), green=stubborn
+    ) as d:
         await d.wait_status(lambda s: s["children"]["green"]["state"] == "RUNNING")
         pids = d.child_pids()
         loop = asyncio.get_running_loop()
@@ -77,8 +91,11 @@ async def test_kill_9_then_restart_adopts_redis_and_fences_the_old_epoch(
     # Each child leaves a grandchild in its process group: the parent-death signal reaches
     # only the child itself, so the next daemon must clean up the rest.
     with_grandchild = ["sh", "-c", "sleep 1000 & exec " + " ".join(RAW)]
-    async with running_daemon(redis_url=redis_server.url, blue=agent(with_grandchild, "1.0.0"),
-                              green=agent(with_grandchild, "2.0.0")) as d:
+    async with running_daemon(
+        redis_url=redis_server.url,
+        blue=agent(with_grandchild, "1.0.0"),
+        green=agent(with_grandchild, "2.0.0"),
+    ) as d:
         await d.wait_status(lambda s: all(c["protocol"] for c in s["children"].values()))
         assert (await d.cli("switch", "green")).rc == 0
         before = await d.status()
@@ -114,12 +131,16 @@ async def test_kill_9_then_restart_adopts_redis_and_fences_the_old_epoch(
 async def test_an_agent_written_the_seed_way_is_supervised_and_follows_a_flip(
     redis_server: RedisServer,
 ) -> None:
-    async with running_daemon(redis_url=redis_server.url, blue=agent(SEED_AGENT, "1.0.0"),
-                              green=agent(SEED_AGENT, "2.0.0")) as d:
+    async with running_daemon(
+        redis_url=redis_server.url,
+        blue=agent(SEED_AGENT, "1.0.0"),
+        green=agent(SEED_AGENT, "2.0.0"),
+    ) as d:
         await d.wait_log("child_output", color="blue", line="seed-agent blue active=True")
         await d.wait_log("child_output", color="green", line="seed-agent green active=False")
-        st = await d.wait_status(lambda s: all(
-            c["state"] == "RUNNING" for c in s["children"].values()))
+        st = await d.wait_status(
+            lambda s: all(c["state"] == "RUNNING" for c in s["children"].values())
+        )
         assert not st["children"]["blue"]["protocol"]  # RUNNING by start_seconds, no hello
         assert (await d.cli("switch", "green")).rc == 0
         await d.wait_log("child_output", color="green", line="seed-agent green active=True")
@@ -129,8 +150,11 @@ async def test_an_agent_written_the_seed_way_is_supervised_and_follows_a_flip(
 async def test_sigterm_right_after_ready_stops_promptly(redis_server: RedisServer) -> None:
     # Regression: a cancellation swallowed by redis-py inside the watcher's subscribe once
     # left the daemon waiting forever.
-    async with running_daemon(redis_url=redis_server.url, blue=agent(["sleep", "100"], "1"),
-                              green=agent(["sleep", "100"], "2")) as d:
+    async with running_daemon(
+        redis_url=redis_server.url,
+        blue=agent(["sleep", "100"], "1"),
+        green=agent(["sleep", "100"], "2"),
+    ) as d:
         await d.signal(signal.SIGTERM)
         assert await d.wait(15) == 0
         assert not d.find("task_ignored_cancel")

@@ -41,10 +41,14 @@ async def test_notify_protocol_and_children_do_not_inherit_it(
 ) -> None:
     listener = NotifyListener(short_tempdir("as-n-"))
     redis_server.stop()  # READY must wait for Redis
-    env = {"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "400000",
-           "LISTEN_FDS": "3"}
-    async with running_daemon(redis_url=redis_server.url, blue=agent(RAW, "1.0.0"),
-                              green=agent(ENV_DUMP, "2.0.0"), env=env, wait_ready=False) as d:
+    env = {"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "400000", "LISTEN_FDS": "3"}
+    async with running_daemon(
+        redis_url=redis_server.url,
+        blue=agent(RAW, "1.0.0"),
+        green=agent(ENV_DUMP, "2.0.0"),
+        env=env,
+        wait_ready=False,
+    ) as d:
         # The watchdog is kept from the very start, even while Redis is unreachable.
         await listener.next_with("WATCHDOG=1")
         await d.wait_log("redis_unreachable")
@@ -64,8 +68,9 @@ async def test_notify_protocol_and_children_do_not_inherit_it(
 
         env_lines = [r["line"] for r in d.find("child_output", color="green")]
         assert any(line.startswith("AGENTSUP_COLOR=green") for line in env_lines)
-        assert not any(line.startswith(("NOTIFY_SOCKET=", "WATCHDOG_", "LISTEN_FDS="))
-                       for line in env_lines)
+        assert not any(
+            line.startswith(("NOTIFY_SOCKET=", "WATCHDOG_", "LISTEN_FDS=")) for line in env_lines
+        )
         await d.stop()
         stopping = [m for m in listener.messages if "STOPPING=1" in m]
         if not stopping:

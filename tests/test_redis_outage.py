@@ -26,6 +26,7 @@ def permit_result(reason: str):  # type: ignore[no-untyped-def]
             return False
         msg = json.loads(line[5:])
         return msg.get("type") == "permit_result" and msg["reason"] == reason
+
     return match
 
 
@@ -33,9 +34,12 @@ async def test_redis_down_refuses_permits_and_recovery_raises_the_epoch(
     redis_server: RedisServer,
 ) -> None:
     busy = agent(RAW, "1.0.0", env={"RAW_PERMIT_KEY": "bet", "RAW_PERMIT_EVERY_S": "0.1"})
-    async with running_daemon(redis_url=redis_server.url, blue=busy,
-                              green=agent(RAW, "2.0.0"),
-                              sections={"redis": {"health_interval_s": 0.1}}) as d:
+    async with running_daemon(
+        redis_url=redis_server.url,
+        blue=busy,
+        green=agent(RAW, "2.0.0"),
+        sections={"redis": {"health_interval_s": 0.1}},
+    ) as d:
         port = int(d.find("metrics_listening")[0]["address"].rsplit(":", 1)[1])
         await d.wait_log("child_output", color="blue", where=permit_result("ok"))
         before = (await d.status())["epoch"]
@@ -44,8 +48,9 @@ async def test_redis_down_refuses_permits_and_recovery_raises_the_epoch(
         redis_server.stop()
         mark = len(d.logs)
         await d.wait_log("redis_down")
-        await d.wait_log("child_output", color="blue", since=mark,
-                         where=permit_result("unavailable"))
+        await d.wait_log(
+            "child_output", color="blue", since=mark, where=permit_result("unavailable")
+        )
         st = await d.status()  # the daemon answers and says so
         assert st["redis"] == "down"
         assert scrape_value(port, "agentsup_redis_up") == 0

@@ -31,8 +31,15 @@ def line(obj: dict) -> None:
 if os.environ.get("RAW_SEND"):
     with open(os.environ["RAW_SEND"], "rb") as f:
         send(f.read())
-line({"type": "hello", "version": os.environ["AGENTSUP_VERSION"], "pid": os.getpid(),
-      "protocol": 1, "capabilities": ["permit"]})
+line(
+    {
+        "type": "hello",
+        "version": os.environ["AGENTSUP_VERSION"],
+        "pid": os.getpid(),
+        "protocol": 1,
+        "capabilities": ["permit"],
+    }
+)
 if os.environ.get("RAW_AFTER_HELLO"):
     with open(os.environ["RAW_AFTER_HELLO"], "rb") as f:
         send(f.read())

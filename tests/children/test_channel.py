@@ -26,10 +26,15 @@ BAD_LINES: list[tuple[bytes, str]] = [
     (b'{"no_type": 1}\n', protocol.E_NO_TYPE),
     (b'{"type": 7}\n', protocol.E_NO_TYPE),
     (b'{"type": "teleport"}\n', protocol.E_UNKNOWN_TYPE),
-    (b'{"type": "decision", "id": "d1", "kind": "bet", "inputs": {}, "output": {}}\n',
-     protocol.E_FIELD),  # latency_ms missing
-    (b'{"type": "decision", "id": "d1", "kind": "bet", "inputs": {}, "output": {}, '
-     b'"latency_ms": "fast"}\n', protocol.E_FIELD),
+    (
+        b'{"type": "decision", "id": "d1", "kind": "bet", "inputs": {}, "output": {}}\n',
+        protocol.E_FIELD,
+    ),  # latency_ms missing
+    (
+        b'{"type": "decision", "id": "d1", "kind": "bet", "inputs": {}, "output": {}, '
+        b'"latency_ms": "fast"}\n',
+        protocol.E_FIELD,
+    ),
     (b'{"type": "outcome", "pnl": true}\n', protocol.E_FIELD),  # a bool is not a number
     (b'{"type": "error", "kind": "meltdown", "message": "x"}\n', protocol.E_VALUE),
     (b'{"type": "escrow", "id": "e1", "op": "steal"}\n', protocol.E_VALUE),
@@ -58,13 +63,15 @@ class Collector:
                 await self.changed.wait()
 
 
-async def channel_pair(max_line: int = protocol.MAX_LINE
-                       ) -> tuple[Collector, ChannelProtocol, socket.socket]:
+async def channel_pair(
+    max_line: int = protocol.MAX_LINE,
+) -> tuple[Collector, ChannelProtocol, socket.socket]:
     ours, theirs = socket.socketpair()
     c = Collector()
     loop = asyncio.get_running_loop()
     _, proto = await loop.connect_accepted_socket(
-        lambda: ChannelProtocol(c.message, c.error, c.closed.set, max_line=max_line), ours)
+        lambda: ChannelProtocol(c.message, c.error, c.closed.set, max_line=max_line), ours
+    )
     return c, proto, theirs
 
 
@@ -132,22 +139,35 @@ async def test_daemon_counts_garbage_from_a_child_and_keeps_its_channel(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     garbage = tmp_path / "garbage"
-    garbage.write_bytes(b"".join(data for data, _ in BAD_LINES)
-                        + b"z" * (protocol.MAX_LINE + 10) + b"\n")
-    blue = agent([PY, "tests/agents/raw_agent.py"], "1.0.0",
-                 env={"RAW_AFTER_HELLO": str(garbage), "RAW_PERMIT_KEY": "order-1"})
-    async with running_daemon(redis_url=redis_server.url, blue=blue,
-                              green=agent([PY, "tests/agents/raw_agent.py"], "2.0.0")) as d:
+    garbage.write_bytes(
+        b"".join(data for data, _ in BAD_LINES) + b"z" * (protocol.MAX_LINE + 10) + b"\n"
+    )
+    blue = agent(
+        [PY, "tests/agents/raw_agent.py"],
+        "1.0.0",
+        env={"RAW_AFTER_HELLO": str(garbage), "RAW_PERMIT_KEY": "order-1"},
+    )
+    async with running_daemon(
+        redis_url=redis_server.url,
+        blue=blue,
+        green=agent([PY, "tests/agents/raw_agent.py"], "2.0.0"),
+    ) as d:
         # After all that garbage the child still gets pushes and its permit is answered.
-        await d.wait_log("child_output", color="blue",
-                         where=lambda r: '"permit_result"' in r["line"]
-                         and '"granted": true' in r["line"].replace('":true', '": true'))
+        await d.wait_log(
+            "child_output",
+            color="blue",
+            where=lambda r: (
+                '"permit_result"' in r["line"]
+                and '"granted": true' in r["line"].replace('":true', '": true')
+            ),
+        )
         port = int(d.find("metrics_listening")[0]["address"].rsplit(":", 1)[1])
         text = scrape(port)
         for kind in {k for _, k in BAD_LINES} | {protocol.E_OVERSIZE}:
             expected = sum(1 for _, k in BAD_LINES if k == kind) or 1
-            assert metric(text, "agentsup_protocol_errors_total", color="blue",
-                          kind=kind) == expected, kind
+            assert (
+                metric(text, "agentsup_protocol_errors_total", color="blue", kind=kind) == expected
+            ), kind
         assert metric(text, "agentsup_protocol_errors_total", color="green", kind="json") == 0
         # Logged once per burst, not once per line.
         assert len(d.find("protocol_error", color="blue")) == 1
@@ -156,10 +176,20 @@ async def test_daemon_counts_garbage_from_a_child_and_keeps_its_channel(
         assert st["children"]["blue"]["restarts"] == 0
 
 
-@pytest.mark.parametrize("msg", [
-    {"type": "heartbeat", "extra": [1, 2]},  # unknown fields are how the protocol grows
-    {"type": "outcome", "pnl": -1},
-    {"type": "decision", "id": "x", "kind": "k", "inputs": None, "output": 3, "latency_ms": 2.5},
-])
+@pytest.mark.parametrize(
+    "msg",
+    [
+        {"type": "heartbeat", "extra": [1, 2]},  # unknown fields are how the protocol grows
+        {"type": "outcome", "pnl": -1},
+        {
+            "type": "decision",
+            "id": "x",
+            "kind": "k",
+            "inputs": None,
+            "output": 3,
+            "latency_ms": 2.5,
+        },
+    ],
+)
 def test_valid_messages_pass(msg: dict[str, Any]) -> None:
     assert protocol.check(msg) is None

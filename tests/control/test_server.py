@@ -47,8 +47,9 @@ def talk(path: str, *lines: bytes) -> list[dict[str, object]]:
 async def test_malformed_requests_get_errors_and_the_connection_stays_usable(
     redis_server: RedisServer,
 ) -> None:
-    async with running_daemon(redis_url=redis_server.url, blue=agent(RAW, "1"),
-                              green=agent(RAW, "2")) as d:
+    async with running_daemon(
+        redis_url=redis_server.url, blue=agent(RAW, "1"), green=agent(RAW, "2")
+    ) as d:
         replies = talk(
             str(d.socket),
             b"this is not json\n",
@@ -59,8 +60,14 @@ async def test_malformed_requests_get_errors_and_the_connection_stays_usable(
             b'{"cmd": "status"}\n',
         )
         codes = [r["error"]["code"] if not r["ok"] else "ok" for r in replies]  # type: ignore[index]
-        assert codes == ["bad_request", "unknown_command", "bad_request", "bad_request",
-                         "bad_request", "ok"]
+        assert codes == [
+            "bad_request",
+            "unknown_command",
+            "bad_request",
+            "bad_request",
+            "bad_request",
+            "ok",
+        ]
         assert "switch: color: Input should be" in replies[2]["error"]["message"]  # type: ignore[index]
         assert replies[5]["result"]["active"] == "blue"  # type: ignore[index]
         # An oversized request: answered, then the connection is closed; the daemon goes on.
@@ -74,18 +81,29 @@ async def test_malformed_requests_get_errors_and_the_connection_stays_usable(
 async def test_socket_is_0600_and_other_uids_are_refused(redis_server: RedisServer) -> None:
     if os.getuid() != 0:
         pytest.skip("needs root to run a client as another uid")
-    async with running_daemon(redis_url=redis_server.url, blue=agent(RAW, "1"),
-                              green=agent(RAW, "2")) as d:
+    async with running_daemon(
+        redis_url=redis_server.url, blue=agent(RAW, "1"), green=agent(RAW, "2")
+    ) as d:
         assert stat.S_IMODE(os.stat(d.socket).st_mode) == 0o600
         os.chmod(d.dir, 0o755)
-        as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                     "/usr/bin/python3", "-c", CLIENT, str(d.socket)]
+        as_nobody = [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            CLIENT,
+            str(d.socket),
+        ]
         out = subprocess.run(as_nobody, capture_output=True, text=True, timeout=20)
         assert out.stdout.startswith("connect-error 13"), out  # EACCES: the mode stops it
 
     # With a world-writable socket the mode no longer protects it: SO_PEERCRED must.
     async with running_daemon(
-        redis_url=redis_server.url, blue=agent(RAW, "1"), green=agent(RAW, "2"),
+        redis_url=redis_server.url,
+        blue=agent(RAW, "1"),
+        green=agent(RAW, "2"),
         sections={"supervisor": {"control_socket_mode": 0o666}},
     ) as d:
         await d.wait_status(lambda s: s["children"]["green"]["state"] == "RUNNING")
@@ -99,7 +117,9 @@ async def test_socket_is_0600_and_other_uids_are_refused(redis_server: RedisServ
         await d.wait_log("control_refused", peer_uid=NOBODY)
         # Allowed uids are honoured too.
     async with running_daemon(
-        redis_url=redis_server.url, blue=agent(RAW, "1"), green=agent(RAW, "2"),
+        redis_url=redis_server.url,
+        blue=agent(RAW, "1"),
+        green=agent(RAW, "2"),
         sections={"supervisor": {"control_socket_mode": 0o666, "allowed_uids": [NOBODY]}},
     ) as d:
         await d.wait_status(lambda s: s["children"]["green"]["state"] == "RUNNING")
@@ -111,8 +131,11 @@ async def test_socket_is_0600_and_other_uids_are_refused(redis_server: RedisServ
 
 
 async def test_unreachable_daemon_exits_69(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    out = subprocess.run([PY, "-m", "supervisor", "status", "--socket",
-                          str(tmp_path / "none.sock")], capture_output=True, text=True,
-                         timeout=20)
+    out = subprocess.run(
+        [PY, "-m", "supervisor", "status", "--socket", str(tmp_path / "none.sock")],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert out.returncode == 69
     assert "no daemon answers" in out.stderr

@@ -9,7 +9,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -44,7 +44,8 @@ async def rolled_back(d: DaemonProcess, trigger: str, timeout: float = 30) -> di
 
 async def test_drifting_pnl_is_rolled_back_by_pnl_sigma(redis_server: RedisServer) -> None:
     async with running_daemon(
-        redis_url=redis_server.url, blue=demo("1.0.0"),
+        redis_url=redis_server.url,
+        blue=demo("1.0.0"),
         green=demo("2.0.0", AGENTSUP_DEMO_BUG="drift", AGENTSUP_DEMO_BUG_AFTER="0"),
         sections={"triggers.pnl_sigma": CASINO_BASELINE},
     ) as d:
@@ -61,7 +62,8 @@ async def test_slow_decisions_alert_at_once_and_roll_back_when_they_last(
     redis_server: RedisServer,
 ) -> None:
     async with running_daemon(
-        redis_url=redis_server.url, blue=demo("1.0.0"),
+        redis_url=redis_server.url,
+        blue=demo("1.0.0"),
         green=demo("2.0.0", AGENTSUP_DEMO_BUG="slow", AGENTSUP_DEMO_BUG_AFTER="0"),
         sections={"triggers.latency": {"persist_s": 1.5, "min_samples": 10, "window": 20}},
     ) as d:
@@ -78,7 +80,8 @@ async def test_a_key_executed_by_blue_then_by_green_is_a_double_spend(
     redis_server: RedisServer,
 ) -> None:
     async with running_daemon(
-        redis_url=redis_server.url, blue=demo("1.0.0", AGENTSUP_DEMO_KEYS="order"),
+        redis_url=redis_server.url,
+        blue=demo("1.0.0", AGENTSUP_DEMO_KEYS="order"),
         green=demo("2.0.0", AGENTSUP_DEMO_BUG="double_spend", AGENTSUP_DEMO_BUG_AFTER="0"),
     ) as d:
         await switch_to_green(d, blue_rounds=3)
@@ -95,9 +98,14 @@ async def test_an_escrow_left_unchecked_is_rolled_back_and_listed(
     redis_server: RedisServer,
 ) -> None:
     async with running_daemon(
-        redis_url=redis_server.url, blue=demo("1.0.0", AGENTSUP_DEMO_ESCROW_CHECK_S="0.2"),
-        green=demo("2.0.0", AGENTSUP_DEMO_BUG="escrow_gap", AGENTSUP_DEMO_BUG_AFTER="0",
-                   AGENTSUP_DEMO_ESCROW_CHECK_S="0.2"),
+        redis_url=redis_server.url,
+        blue=demo("1.0.0", AGENTSUP_DEMO_ESCROW_CHECK_S="0.2"),
+        green=demo(
+            "2.0.0",
+            AGENTSUP_DEMO_BUG="escrow_gap",
+            AGENTSUP_DEMO_BUG_AFTER="0",
+            AGENTSUP_DEMO_ESCROW_CHECK_S="0.2",
+        ),
         sections={"triggers.escrow_gap": {"gap_s": 1.0}},
     ) as d:
         await switch_to_green(d, blue_rounds=3)
@@ -110,7 +118,8 @@ async def test_an_escrow_left_unchecked_is_rolled_back_and_listed(
 async def test_a_healthy_candidate_is_kept_through_1500_rounds(redis_server: RedisServer) -> None:
     fast = {"AGENTSUP_DEMO_ROUND_S": "0", "AGENTSUP_DEMO_THINK_MS": "0.5"}
     async with running_daemon(
-        redis_url=redis_server.url, blue=agent(None, "1.0.0", env=fast),
+        redis_url=redis_server.url,
+        blue=agent(None, "1.0.0", env=fast),
         green=agent(None, "2.0.0", env={**fast, "AGENTSUP_DEMO_SEED": "11"}),
         sections={"triggers.pnl_sigma": CASINO_BASELINE},
     ) as d:
@@ -124,12 +133,14 @@ async def test_a_healthy_candidate_is_kept_through_1500_rounds(redis_server: Red
         assert triggers["pnl_sigma"]["colors"]["green"]["rounds"] >= 1500
         assert triggers["pnl_sigma"]["colors"]["green"]["state"] == "ok"
         table = (await d.cli("triggers")).out
-        assert "pnl_sigma" in table and "latency" in table and "escrow_gap" in table
+        assert "pnl_sigma" in table
+        assert "latency" in table
+        assert "escrow_gap" in table
 
 
 class Hook(BaseHTTPRequestHandler):
-    received: list[dict[str, Any]] = []
-    arrived = threading.Event()
+    received: ClassVar[list[dict[str, Any]]] = []
+    arrived: ClassVar[threading.Event] = threading.Event()
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -158,7 +169,8 @@ def webhook() -> Iterator[str]:
 
 async def test_the_webhook_receives_the_alert(redis_server: RedisServer, webhook: str) -> None:
     async with running_daemon(
-        redis_url=redis_server.url, blue=demo("1.0.0"),
+        redis_url=redis_server.url,
+        blue=demo("1.0.0"),
         green=demo("2.0.0", AGENTSUP_DEMO_BUG="exception", AGENTSUP_DEMO_BUG_AFTER="2"),
         sections={"alerts": {"webhook_url": webhook}},
     ) as d:
