@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import urllib.request
 
 from tests.harness import PY, agent, running_daemon
@@ -67,3 +69,29 @@ async def test_redis_down_refuses_permits_and_recovery_raises_the_epoch(
         await d.wait_log("child_output", color="blue", since=mark, where=permit_result("ok"))
         assert scrape_value(port, "agentsup_redis_up") == 1
         assert (await d.status())["redis"] == "up"
+
+
+async def test_a_rollback_decided_while_redis_is_down_is_applied_when_it_returns(
+    redis_server: RedisServer,
+) -> None:
+    async with running_daemon(
+        redis_url=redis_server.url,
+        blue=agent(RAW, "1.0.0"),
+        green=agent(RAW, "2.0.0"),
+        sections={"redis": {"health_interval_s": 0.1}},
+    ) as d:
+        await d.wait_status(lambda s: all(c["protocol"] for c in s["children"].values()))
+        assert (await d.cli("switch", "green")).rc == 0
+        green_pid = (await d.status())["children"]["green"]["pid"]
+        redis_server.stop()
+        await d.wait_log("redis_down")
+        os.kill(green_pid, signal.SIGKILL)  # the candidate dies while nobody can flip
+        await d.wait_log("rollback_pending")
+        st = await d.status()
+        assert st["pending_rollback"].startswith("exit: ")
+        redis_server.start()  # empty: the pending rollback is what decides who acts
+        flip = await d.wait_log("flip", trigger="exit")
+        assert flip["active"] == "blue"
+        st = await d.wait_status(lambda s: s["pending_rollback"] is None)
+        assert (st["active"], st["candidate"], st["rejected"]) == ("blue", None, {"green": "2.0.0"})
+        assert redis_server.cli("GET", "agent:active_version") == "blue"
