@@ -161,15 +161,20 @@ def _describe(cmd: str, r: dict[str, Any]) -> str:
     return orjson.dumps(r).decode()
 
 
-def _duration(seconds: float | None) -> str:
+def span(seconds: float | None) -> str:
+    """A duration the way the status table and the live view show it: 4.2s, 37s, 5m02s."""
     if seconds is None:
         return "-"
     s = int(seconds)
-    if s < 60:
+    if seconds < 10:
         return f"{seconds:.1f}s"
+    if s < 60:
+        return f"{s}s"
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def render_status(st: dict[str, Any]) -> str:
@@ -181,9 +186,9 @@ def render_status(st: dict[str, Any]) -> str:
     cand = st.get("candidate")
     probation = ""
     if cand and st.get("probation_since"):
-        on = _duration(time.time() - st["probation_since"])
+        on = span(time.time() - st["probation_since"])
         window = st.get("probation_s") or 0
-        probation = f" (on probation {on}" + (f" of {_duration(window)})" if window else ")")
+        probation = f" (on probation {on}" + (f" of {span(window)})" if window else ")")
     lines.append(f"stable: {st['stable']}  candidate: {cand or '-'}{probation}")
     if st.get("rejected"):
         rej = ", ".join(f"{c} {v}" for c, v in st["rejected"].items())
@@ -202,7 +207,7 @@ def render_status(st: dict[str, Any]) -> str:
                 c["version"],
                 c["state"],
                 str(c["pid"] or "-"),
-                _duration(c["uptime_s"]),
+                span(c["uptime_s"]),
                 str(c["restarts"]),
                 "yes" if c["protocol"] else "no",
             )

@@ -46,7 +46,7 @@ from rich.styled import Styled
 from rich.table import Table
 from rich.text import Text
 
-from supervisor.cli import render_status
+from supervisor.cli import render_status, span
 from supervisor.control.client import request
 from supervisor.errors import ControlUnreachable, Refused
 
@@ -151,21 +151,6 @@ class View:
 # -- formatting --------------------------------------------------------------------------------
 
 
-def _span(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
 def _number(value: Any) -> str:
     if value is None:
         return "-"
@@ -185,7 +170,7 @@ def _clock(unix: Any, now: float) -> Text:
     except (TypeError, ValueError):
         return Text("never", style="dim")
     stamp = time.strftime("%H:%M:%S", time.localtime(at))
-    return Text.assemble(stamp, (f" ({_span(max(0.0, now - at))} ago)", "dim"))
+    return Text.assemble(stamp, (f" ({span(max(0.0, now - at))} ago)", "dim"))
 
 
 def _color(name: Any, *, missing: str = "-") -> Text:
@@ -222,9 +207,9 @@ def _header(st: Mapping[str, Any], now: float) -> Panel:
     if st.get("candidate") and since:
         window = float(st.get("probation_s") or 0)
         on = max(0.0, now - float(since))
-        line2.append(f"  on probation {_span(on)}")
+        line2.append(f"  on probation {span(on)}")
         if window:
-            line2.append(f" of {_span(window)}", style="dim")
+            line2.append(f" of {span(window)}", style="dim")
             line2.append(f" ({min(on / window, 1.0):.0%})", style="dim")
         else:
             line2.append(" (promotion by `agentsup confirm` only)", style="dim")
@@ -243,7 +228,7 @@ def _header(st: Mapping[str, Any], now: float) -> Panel:
     title = Text.assemble(("agentsup ", "dim"), (str(st.get("name", "?")), "bold"))
     subtitle = Text(
         f"daemon {st.get('version', '?')}  pid {st.get('pid', '?')}  "
-        f"up {_span(st.get('uptime_s'))}  events {_number(st.get('events'))}",
+        f"up {span(st.get('uptime_s'))}  events {_number(st.get('events'))}",
         style="dim",
     )
     return Panel(
@@ -315,7 +300,7 @@ def _fitted(console: Console, title: str, columns: list[Column], rows: list[list
 def _heartbeat(age: Any, timeout: float | None) -> Text:
     if age is None:
         return Text("-", style="dim")
-    text = _span(float(age))
+    text = span(float(age))
     if timeout is None:
         return Text(text)
     if age >= timeout:
@@ -363,7 +348,7 @@ def _children(console: Console, st: Mapping[str, Any], rates: DecisionRate) -> T
                 Text(str(c.get("version", "-"))),
                 Text(state, style=CHILD_STATE_STYLE.get(state, "")),
                 Text(str(c.get("pid") or "-")),
-                Text(_span(c.get("uptime_s"))),
+                Text(span(c.get("uptime_s"))),
                 Text(str(c.get("restarts", 0)), style="yellow" if c.get("restarts") else ""),
                 Text(
                     "-" if last_exit is None else str(last_exit), style="" if last_exit else "dim"
