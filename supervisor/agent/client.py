@@ -1,43 +1,10 @@
-"""The agent SDK: what an agent imports to be supervised by ``agentsup``.
+"""The :class:`Agent`: construction, lifetime, permits, reports and hook registration.
 
-It speaks the channel for you (hello, heartbeats, the role, flags and requests the supervisor
-pushes), asks Redis for a permit right before money moves, and reports decisions, executions,
-outcomes and errors. A complete minimal agent::
-
-    import asyncio
-    from supervisor.agent import Agent
-
-    async def main() -> None:
-        async with Agent.connect() as agent:
-            n = 0
-            while await agent.wait_role("active"):      # False once the supervisor is gone
-                n += 1
-                async with agent.decide("dice", {"target": 49.5}) as d:
-                    d.output = {"bet": "under", "stake": 1.0}
-                permit = await agent.permit(f"{agent.color}-{n}")
-                if not permit:                          # never move money without one
-                    continue
-                agent.execution(d.id, permit.key, 1.0)
-                agent.outcome(+0.98, decision_id=d.id)
-                await asyncio.sleep(0.05)
-
-    asyncio.run(main())
-
-The race a permit prevents
---------------------------
-Blue is active at epoch 7 and decides to bet. Before it executes, the operator switches to
-green: the supervisor sets the active key to ``green`` and the epoch to 8 in one Lua call and
-only then pushes the new roles. Blue's role push may still be in flight, so blue cannot trust
-what it *believes*; it asks Redis with ``(blue, 7, key)`` in one atomic script, which answers
-``not_active``. A blue left over from before a daemon restart, holding epoch 7 while green is
-at 8, gets ``stale_epoch``. A key that was already executed gets ``duplicate``. Redis
-unreachable means ``unavailable``: the SDK fails closed. A lost reply is retried once with the
-same token, and the script answers ``ok`` again for the same token, so a retry never turns a
-granted permit into a refused one nor grants two.
-
-The channel is also the agent's lease: when it closes (the daemon died, or closed it), the SDK
-sets :attr:`Agent.lost`, drops the role to standby and the epoch to ``None``, and refuses every
-later permit without asking anybody.
+What an agent calls. The channel underneath (reader, writer, dispatch of the supervisor's
+pushes) is :class:`~supervisor.agent.channel.Channel`, its base; the values it hands out
+(:class:`~supervisor.agent.Permit`, :class:`~supervisor.agent.Decision`...) are in
+:mod:`supervisor.agent.types`. The module docstring of :mod:`supervisor.agent` has a complete
+agent and the race a permit prevents.
 """
 
 from __future__ import annotations
@@ -45,22 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
-import inspect
-import itertools
 import logging
 import os
-import secrets
 import socket
-import time
-import traceback as _traceback
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from enum import StrEnum
-from types import MappingProxyType, TracebackType
-from typing import Any, Final, TypeVar
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Final
 
-import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -68,138 +26,32 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from supervisor.agent.channel import Channel
+from supervisor.agent.types import (
+    _REASONS,
+    Decision,
+    MirrorHook,
+    Permit,
+    PermitReason,
+    PlainHook,
+    RestoreHook,
+    Role,
+    RoleCallback,
+    SnapshotHook,
+)
 from supervisor.arbiter.scripts import PERMIT, Keys
 from supervisor.errors import NotSupervised
-from supervisor.protocol import MAX_LINE, PROTOCOL_VERSION
+from supervisor.protocol import PROTOCOL_VERSION
 
-__all__ = ["Agent", "Decision", "Permit", "PermitReason", "Role", "state_digest"]
+# One logger for the whole SDK, under the name it had as a single module.
+log = logging.getLogger("supervisor.agent")
 
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-_READ_CHUNK: Final = 1 << 16
-# Past this much unsent data the supervisor is not reading: reports are dropped, not queued
-# without bound (a hung daemon must not grow the agent's memory).
-_MAX_WRITE_BUFFER: Final = 8 << 20
 _DEFAULT_PERMIT_TTL_MS: Final = 7 * 24 * 3600 * 1000
-
-
-class Role(StrEnum):
-    """What the supervisor lets this color do."""
-
-    ACTIVE = "active"  # may act: its permits are granted
-    STANDBY = "standby"  # warm, must not act (also the role after the channel is lost)
-    CANARY = "canary"  # acts within its allocation
-    SHADOW = "shadow"  # decides on mirrored inputs, never acts
-
-
-class PermitReason(StrEnum):
-    """Why a permit was granted or refused (the contract's closed set)."""
-
-    OK = "ok"  # granted
-    NOT_ACTIVE = "not_active"  # this color may not act (now)
-    STALE_EPOCH = "stale_epoch"  # a newer epoch exists: someone else was put in charge since
-    DUPLICATE = "duplicate"  # this idempotency key was already executed
-    UNAVAILABLE = "unavailable"  # nobody could say yes (Redis or the supervisor unreachable)
-
-
-_REASONS: Final = {r.value: r for r in PermitReason}
-_ROLES: Final = {r.value: r for r in Role}
 _ERROR_KINDS: Final = frozenset({"exception", "auth", "other"})
 _ESCROW_OPS: Final = frozenset({"watch", "check", "unwatch"})
 
 
-@dataclass(frozen=True, slots=True)
-class Permit:
-    """The answer to :meth:`Agent.permit`; true only when granted.
-
-    >>> Permit(granted=False, reason=PermitReason.DUPLICATE, epoch=8, key="order-7")
-    Permit(granted=False, reason=<PermitReason.DUPLICATE: 'duplicate'>, epoch=8, key='order-7')
-    """
-
-    granted: bool
-    reason: PermitReason
-    epoch: int | None  # the epoch the permit was asked with (None: never asked)
-    key: str
-
-    def __bool__(self) -> bool:
-        return self.granted
-
-
-def state_digest(state: Any) -> str:
-    """The digest of a snapshot's state: SHA-256 of its canonical JSON (sorted keys).
-
-    A restore hook may return it, so that the supervisor can compare it with the digest of
-    the state it sent::
-
-        @agent.on_restore
-        def restore(schema: str, state: dict) -> str:
-            book.load(state)
-            return state_digest(state)
-    """
-    return hashlib.sha256(orjson.dumps(state, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-async def _resolve(value: T | Awaitable[T]) -> T:
-    if inspect.isawaitable(value):
-        return await value
-    return value
-
-
-class Decision:
-    """One decision being made; returned by :meth:`Agent.decide`.
-
-    Set :attr:`output` (and :attr:`reasoning`) inside the block; the decision is reported with
-    its latency when the block ends::
-
-        async with agent.decide("crash", {"target": 2.0}) as d:
-            d.output = {"cash_out": 2.0}
-        print(d.id, d.latency_ms)
-    """
-
-    __slots__ = ("_agent", "_t0", "id", "inputs", "kind", "latency_ms", "output", "reasoning")
-
-    def __init__(self, agent: Agent, id: str, kind: str, inputs: Any) -> None:
-        self._agent = agent
-        self._t0 = 0.0
-        self.id = id
-        self.kind = kind
-        self.inputs = inputs
-        self.output: Any = None
-        self.reasoning: str | None = None
-        self.latency_ms: float | None = None
-
-    async def __aenter__(self) -> Decision:
-        self._t0 = time.perf_counter()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.latency_ms = (time.perf_counter() - self._t0) * 1000.0
-        if exc is None:
-            self._agent.decision(
-                self.id, self.kind, self.inputs, self.output, self.latency_ms, self.reasoning
-            )
-        elif isinstance(exc, Exception):
-            # Cancellation and exits are how the agent stops, not bugs: only Exceptions count.
-            text = "".join(_traceback.format_exception(exc_type, exc, tb))
-            self._agent.error("exception", f"{type(exc).__name__}: {exc}", traceback=text)
-        # Never swallow: the agent's own code decides what an exception means to it.
-
-
-RoleCallback = Callable[[Role, int | None, float], object]
-SnapshotHook = Callable[[], tuple[Any, Any] | Awaitable[tuple[Any, Any]]]
-RestoreHook = Callable[[Any, Any], str | Awaitable[str]]
-MirrorHook = Callable[[Any], Any]
-PlainHook = Callable[[], object]
-
-
-class Agent:
+class Agent(Channel):
     """A supervised agent's side of the channel, and its permits.
 
     Make one with :meth:`connect` and use it as an async context manager::
@@ -234,47 +86,10 @@ class Agent:
         self._permit_ttl_ms = permit_ttl_ms
         self._heartbeat_interval = heartbeat_interval
         self._redis_timeout = redis_timeout
-
-        self._role = Role.STANDBY
-        self._epoch: int | None = None
-        self._allocation = 0.0
-        self._flags: Mapping[str, Any] = MappingProxyType({})
-        self._quiesced = False
-        #: Set once the channel to the supervisor is closed: the agent may no longer act.
-        self.lost = asyncio.Event()
-        #: Reports that could not be sent (channel closed, or the supervisor not reading).
-        self.dropped = 0
-        self._changed = asyncio.Event()  # replaced on every change; waiters hold the old one
-
-        self._boot = secrets.token_hex(4)
-        self._seq = itertools.count(1)
-        self._writer: asyncio.StreamWriter | None = None
         self._redis: aioredis.Redis | None = None
         self._script: Any = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._pending: dict[str, asyncio.Future[Permit]] = {}
         self._entered = False
-        self._closing = False
-        self._bad_lines = 0
-        self._bad_logged_at = -1e9
-
-        self._on_role: list[RoleCallback] = []
-        self._on_snapshot: SnapshotHook | None = None
-        self._on_restore: RestoreHook | None = None
-        self._on_mirror: MirrorHook | None = None
-        self._on_quiesce: PlainHook | None = None
-        self._on_resume: PlainHook | None = None
-        self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
-            "role": self._handle_role,
-            "flags": self._handle_flags,
-            "permit_result": self._handle_permit_result,
-            "quiesce": self._handle_quiesce,
-            "resume": self._handle_resume,
-            "snapshot_request": self._handle_snapshot_request,
-            "restore": self._handle_restore,
-            "mirror": self._handle_mirror,
-            "error": self._handle_error,
-        }
+        super().__init__()  # what the pushes keep, the writer, the hooks (see Channel)
 
     # ---------------------------------------------------------------- construction, lifetime
 
@@ -410,6 +225,17 @@ class Agent:
         client, self._redis = self._redis, None
         if client is not None:
             await client.aclose()
+
+    async def _heartbeat_loop(self) -> None:
+        self._send({"type": "heartbeat"})
+        # Load the permit script and open a connection now, so the first permit is fast.
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(2 * self._redis_timeout):
+                assert self._redis is not None
+                await self._redis.script_load(PERMIT)
+        while not (self._closing or self.lost.is_set()):
+            await asyncio.sleep(self._heartbeat_interval)
+            self._send({"type": "heartbeat"})
 
     @property
     def capabilities(self) -> list[str]:
@@ -746,265 +572,3 @@ class Agent:
             agent.context(volatility=0.02, disputes_open=0)
         """
         self._send({"type": "context", **fields})
-
-    # ---------------------------------------------------------------- the channel
-
-    def _token(self) -> str:
-        return f"{self._boot}-{next(self._seq)}"
-
-    def _send(self, msg: dict[str, Any]) -> bool:
-        """Queue one line; never blocks, never raises. False when it was dropped."""
-        writer = self._writer
-        if writer is None or self.lost.is_set() or writer.transport.is_closing():
-            self.dropped += 1
-            return False
-        try:
-            data = orjson.dumps(msg, default=str, option=orjson.OPT_APPEND_NEWLINE)
-        except orjson.JSONEncodeError as exc:
-            log.warning("%s message not sent: not JSON (%s)", msg.get("type"), exc)
-            self.dropped += 1
-            return False
-        if len(data) > MAX_LINE + 1:
-            log.warning("%s message not sent: %d bytes, over the limit", msg.get("type"), len(data))
-            self.dropped += 1
-            return False
-        if writer.transport.get_write_buffer_size() > _MAX_WRITE_BUFFER:
-            self._bad("the supervisor is not reading; report dropped")
-            self.dropped += 1
-            return False
-        try:
-            writer.write(data)
-        except (OSError, RuntimeError):
-            self.dropped += 1
-            return False
-        return True
-
-    async def _heartbeat_loop(self) -> None:
-        self._send({"type": "heartbeat"})
-        # Load the permit script and open a connection now, so the first permit is fast.
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
-            async with asyncio.timeout(2 * self._redis_timeout):
-                assert self._redis is not None
-                await self._redis.script_load(PERMIT)
-        while not (self._closing or self.lost.is_set()):
-            await asyncio.sleep(self._heartbeat_interval)
-            self._send({"type": "heartbeat"})
-
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
-        buf = bytearray()
-        skipping = False  # inside a line that was over the limit: drop up to its newline
-        try:
-            while True:
-                chunk = await reader.read(_READ_CHUNK)
-                if not chunk:
-                    return
-                buf += chunk
-                start = 0
-                while (nl := buf.find(b"\n", start)) >= 0:
-                    if skipping:
-                        skipping = False
-                    elif nl - start > MAX_LINE:
-                        self._bad(f"line over {MAX_LINE} bytes from the supervisor; skipped")
-                    elif nl > start:
-                        self._dispatch(bytes(buf[start:nl]))
-                    start = nl + 1
-                del buf[:start]
-                if len(buf) > MAX_LINE:
-                    if not skipping:
-                        self._bad(f"line over {MAX_LINE} bytes from the supervisor; skipped")
-                    skipping = True
-                    buf.clear()
-        except OSError as exc:
-            log.warning("channel read failed: %s", exc)
-        finally:
-            if not self._closing:  # aclose() cancels this task: that loss is not news
-                self._mark_lost("the supervisor closed the channel")
-
-    def _bad(self, what: str) -> None:
-        # Logged at most once a second with the count since, so a burst is one line.
-        self._bad_lines += 1
-        now = time.monotonic()
-        if now - self._bad_logged_at >= 1.0:
-            log.warning("%s (%d such problems so far)", what, self._bad_lines)
-            self._bad_logged_at = now
-
-    def _dispatch(self, line: bytes) -> None:
-        try:
-            msg = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            self._bad("malformed line from the supervisor; skipped")
-            return
-        if type(msg) is not dict or type(msg.get("type")) is not str:
-            self._bad("line from the supervisor without a type; skipped")
-            return
-        handler = self._handlers.get(msg["type"])
-        if handler is None:
-            log.debug("ignored a message of unknown type %r", msg["type"])
-            return
-        try:
-            handler(msg)
-        except (KeyError, TypeError, ValueError) as exc:
-            self._bad(f"bad {msg['type']} message from the supervisor ({exc!r}); skipped")
-        except Exception:
-            # Whatever goes wrong with one message, the reader (the agent's lease) goes on.
-            log.exception("handling a %s message failed", msg["type"])
-
-    def _changed_now(self) -> None:
-        old, self._changed = self._changed, asyncio.Event()
-        old.set()
-
-    def _notify_role(self) -> None:
-        for fn in self._on_role:
-            try:
-                result = fn(self._role, self._epoch, self._allocation)
-            except Exception:
-                log.exception("on_role callback failed")
-                continue
-            if inspect.isawaitable(result):
-                self._spawn(_resolve(result), "agentsup-on-role")
-
-    def _mark_lost(self, why: str) -> None:
-        if self.lost.is_set():
-            return
-        had_epoch = self._epoch
-        self._role, self._epoch, self._allocation = Role.STANDBY, None, 0.0
-        self.lost.set()
-        for future in self._pending.values():
-            if not future.done():
-                future.set_result(Permit(False, PermitReason.UNAVAILABLE, had_epoch, ""))
-        self._changed_now()
-        if not self._closing:  # the agent closing its own channel is no news to itself
-            log.warning("%s: no more permits; role is standby", why)
-            self._notify_role()
-
-    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s failed", task.get_name(), exc_info=task.exception())
-
-    # ---------------------------------------------------------------- pushes and requests
-
-    def _handle_role(self, msg: dict[str, Any]) -> None:
-        epoch = msg.get("epoch")
-        if epoch is not None and type(epoch) is not int:
-            raise ValueError("epoch must be an integer")
-        allocation = msg.get("allocation", 0.0)
-        if type(allocation) not in (int, float):
-            raise ValueError("allocation must be a number")
-        role = _ROLES.get(msg["role"])
-        if role is None:
-            # A role this SDK does not know cannot be allowed to act.
-            log.warning("unknown role %r pushed; acting as standby", msg["role"])
-            role = Role.STANDBY
-        changed = (role, epoch) != (self._role, self._epoch)
-        self._role, self._epoch, self._allocation = role, epoch, float(allocation)
-        self._changed_now()
-        if changed:
-            log.info("role %s at epoch %s (allocation %.2f)", role, epoch, self._allocation)
-        self._notify_role()
-
-    def _handle_flags(self, msg: dict[str, Any]) -> None:
-        values = msg["values"]
-        if type(values) is not dict:
-            raise ValueError("values must be an object")
-        self._flags = MappingProxyType(values)
-        self._changed_now()
-
-    def _handle_permit_result(self, msg: dict[str, Any]) -> None:
-        request_id = msg["request_id"]
-        future = self._pending.get(request_id) if type(request_id) is str else None
-        if future is None or future.done():
-            return
-        reason = _REASONS.get(msg.get("reason", ""), PermitReason.UNAVAILABLE)
-        epoch = msg.get("epoch")
-        granted = msg.get("granted") is True and reason is PermitReason.OK
-        key = ""
-        future.set_result(Permit(granted, reason, epoch if type(epoch) is int else None, key))
-
-    def _handle_quiesce(self, msg: dict[str, Any]) -> None:
-        self._quiesced = True
-        self._changed_now()
-        self._call_plain(self._on_quiesce, "on_quiesce")
-
-    def _handle_resume(self, msg: dict[str, Any]) -> None:
-        self._quiesced = False
-        self._changed_now()
-        self._call_plain(self._on_resume, "on_resume")
-
-    def _call_plain(self, hook: PlainHook | None, name: str) -> None:
-        if hook is None:
-            return
-
-        async def call() -> None:
-            await _resolve(hook())
-
-        self._spawn(self._guarded(call(), name), f"agentsup-{name}")
-
-    def _request_id(self, msg: dict[str, Any]) -> str:
-        request_id = msg["request_id"]
-        if type(request_id) is not str:
-            raise ValueError("request_id must be a string")
-        return request_id
-
-    def _handle_snapshot_request(self, msg: dict[str, Any]) -> None:
-        request_id, hook = self._request_id(msg), self._on_snapshot
-        if hook is None:
-            log.warning("snapshot requested but no on_snapshot hook is set")
-            return
-
-        async def answer() -> None:
-            schema, state = await _resolve(hook())
-            self._send(
-                {"type": "snapshot", "request_id": request_id, "schema": schema, "state": state}
-            )
-
-        self._spawn(self._guarded(answer(), "on_snapshot"), "agentsup-snapshot")
-
-    def _handle_restore(self, msg: dict[str, Any]) -> None:
-        request_id, hook = self._request_id(msg), self._on_restore
-        schema, state = msg["schema"], msg["state"]
-        if hook is None:
-            log.warning("restore requested but no on_restore hook is set")
-            return
-
-        async def answer() -> None:
-            digest = await _resolve(hook(schema, state))
-            self._send({"type": "restored", "request_id": request_id, "digest": str(digest)})
-
-        self._spawn(self._guarded(answer(), "on_restore"), "agentsup-restore")
-
-    def _handle_mirror(self, msg: dict[str, Any]) -> None:
-        request_id, hook = self._request_id(msg), self._on_mirror
-        inputs = msg["inputs"]
-        if hook is None:
-            log.warning("mirror requested but no on_mirror hook is set")
-            return
-
-        async def answer() -> None:
-            output = await _resolve(hook(inputs))
-            self._send({"type": "mirror_result", "request_id": request_id, "output": output})
-
-        self._spawn(self._guarded(answer(), "on_mirror"), "agentsup-mirror")
-
-    async def _guarded(self, coro: Awaitable[None], hook: str) -> None:
-        # A failing hook is reported as kind "other": it is not the execution path, and the
-        # request simply goes unanswered (the supervisor's own timeout decides).
-        try:
-            await coro
-        except Exception as exc:
-            text = "".join(_traceback.format_exception(exc))
-            self.error("other", f"{hook} hook failed: {type(exc).__name__}: {exc}", text)
-            log.exception("%s hook failed", hook)
-
-    def _handle_error(self, msg: dict[str, Any]) -> None:
-        log.warning(
-            "the supervisor refused a line (request %s): %s",
-            msg.get("request_id"),
-            msg.get("message"),
-        )
