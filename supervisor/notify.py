@@ -33,10 +33,11 @@ class Notifier:
     def send(self, *lines: str) -> None:
         if self.address is None:
             return
-        if self._sock is None:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        # Best effort by design: systemd gone or its socket full must not stop the daemon.
+        # Best effort by design: systemd gone, its socket full, or no socket to be had (out of
+        # descriptors, a sandbox without AF_UNIX) must not stop the daemon.
         with contextlib.suppress(OSError):
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             self._sock.sendto("\n".join(lines).encode(), self.address)
 
     def ready(self, status: str) -> None:
