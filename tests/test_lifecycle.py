@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 
 from redis import Redis
@@ -158,3 +159,40 @@ async def test_sigterm_right_after_ready_stops_promptly(redis_server: RedisServe
         await d.signal(signal.SIGTERM)
         assert await d.wait(15) == 0
         assert not d.find("task_ignored_cancel")
+
+
+async def test_the_acting_child_restarting_bumps_the_epoch(redis_server: RedisServer) -> None:
+    async with running_daemon(
+        redis_url=redis_server.url, blue=agent(RAW, "1.0.0"), green=agent(RAW, "2.0.0")
+    ) as d:
+        st = await d.wait_status(lambda s: all(c["protocol"] for c in s["children"].values()))
+        before = st["epoch"]
+        os.kill(st["children"]["blue"]["pid"], signal.SIGKILL)  # stable, in charge
+        bump = await d.wait_log("flip", reason="restart")
+        assert bump["epoch"] == before + 1
+        assert bump["active"] == "blue"  # still blue: a restart is not a rollback
+        # Whatever the dead process left behind would hold the old epoch: fenced.
+        assert permit(redis_server, "blue", before, "leftover") == "stale_epoch"
+        await d.wait_status(lambda s: s["children"]["blue"]["protocol"])
+
+
+async def test_a_second_sigint_forces_the_exit(redis_server: RedisServer) -> None:
+    stubborn = agent(
+        ["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"], "1", stop_timeout_s=30.0
+    )
+    async with running_daemon(
+        redis_url=redis_server.url, blue=stubborn, green=agent(["sleep", "100"], "2")
+    ) as d:
+        await d.wait_status(lambda s: s["children"]["blue"]["state"] == "RUNNING")
+        pids = d.child_pids()
+        await d.signal(signal.SIGINT)
+        await d.wait_log("child_state", color="blue", state="STOPPING")
+        await d.signal(signal.SIGINT)  # the operator will not wait 30 s
+        assert await d.wait(10) == 130
+        await d.wait_log("forced_exit")
+        for pid in pids.values():
+            for _ in range(100):
+                if not alive(pid):
+                    break
+                await asyncio.sleep(0.05)
+            assert not alive(pid)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -193,3 +195,20 @@ async def test_daemon_counts_garbage_from_a_child_and_keeps_its_channel(
 )
 def test_valid_messages_pass(msg: dict[str, Any]) -> None:
     assert protocol.check(msg) is None
+
+
+async def test_a_scrape_passes_promtool_check_metrics(redis_server: RedisServer) -> None:
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool not installed (Debian: apt-get install prometheus)")
+    raw = [PY, "tests/agents/raw_agent.py"]
+    async with running_daemon(
+        redis_url=redis_server.url, blue=agent(raw, "1.0.0"), green=agent(raw, "2.0.0")
+    ) as d:
+        await d.wait_status(lambda s: all(c["protocol"] for c in s["children"].values()))
+        port = int(d.find("metrics_listening")[0]["address"].rsplit(":", 1)[1])
+        text = scrape(port)
+        done = subprocess.run(
+            ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "agentsup_active_epoch" in text
