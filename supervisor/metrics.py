@@ -8,8 +8,6 @@ calling ``.labels()`` per event.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -207,7 +205,6 @@ class Metrics:
             self.flips.labels(reason)
         self.redis_up.set(0)
         self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
 
     def set_child_state(self, color: Color, state: str) -> None:
         for s in CHILD_STATES:
@@ -221,12 +218,9 @@ class Metrics:
             # Blue-green: the color in charge may use all of the capital, the other none.
             self.canary_allocation.labels(c.value).set(1.0 if c is active else 0.0)
 
-    def gauge_from(self, gauge: Gauge, fn: Callable[[], float]) -> None:
-        gauge.set_function(fn)
-
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics endpoint in its own thread; returns the bound port."""
-        self._server, self._thread = start_http_server(port, host, registry=self.registry)
+        self._server, _thread = start_http_server(port, host, registry=self.registry)
         return int(self._server.server_port)
 
     def close(self) -> None:

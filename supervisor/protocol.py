@@ -79,8 +79,6 @@ _CHOICES: Final[dict[str, tuple[str, frozenset[str]]]] = {
     "escrow": ("op", frozenset({"watch", "check", "unwatch"})),
 }
 
-CHILD_TYPES: Final = frozenset(_SCHEMA)
-
 
 def _field_ok(value: Any, kind: str) -> bool:
     t = type(value)

@@ -95,10 +95,6 @@ class Keys:
         self.last_flip = f"{namespace}:flip:last"
         self.rollout = f"{namespace}:rollout"
         self.permit_stats = f"{namespace}:permits:stats"
-        self.alloc = f"{namespace}:alloc"
 
     def permit(self, key: str) -> str:
         return f"{self.namespace}:permit:{key}"
-
-    def snapshot(self, color: str) -> str:
-        return f"{self.namespace}:snapshot:{color}"

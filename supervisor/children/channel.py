@@ -112,10 +112,6 @@ class ChannelProtocol(asyncio.Protocol):
             self.send({"type": "error", "message": protocol.describe(kind), "kind": kind})
 
     # writing ----------------------------------------------------------------------------
-    @property
-    def connected(self) -> bool:
-        return self._transport is not None and not self._transport.is_closing()
-
     def send(self, msg: dict[str, Any]) -> bool:
         """Write one message; False if the channel is closed (the child is told nothing)."""
         transport = self._transport
