@@ -26,6 +26,10 @@ class Color(StrEnum):
     BLUE = "blue"
     GREEN = "green"
 
+    @property
+    def other(self) -> Color:
+        return Color.GREEN if self is Color.BLUE else Color.BLUE
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
