@@ -121,7 +121,7 @@ def test_recovery_clears_the_episode_and_a_new_one_alerts_again() -> None:
 
 
 def test_a_median_hovering_at_the_threshold_alerts_once() -> None:
-    g = guard(persist_s=1e9, window=20)
+    g = guard(persist_s=2_000_000, window=20)
     feed(g, BLUE, "stable", 10.0, 20, 0.0)
     rng = random.Random(5)
     # Ratios between 1.9 and 2.1: over the line, under it, over it again, but never under the
