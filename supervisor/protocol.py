@@ -3,11 +3,21 @@
 Every line a child sends goes through :func:`check`, which answers ``None`` for a good
 message or the *kind* of what is wrong with it, the label of
 ``agentsup_protocol_errors_total{color,kind}``. No pydantic here: a decision event must cost
-microseconds, and the checks are a dict lookup and a few ``type()`` comparisons.
+microseconds, and the checks are a dict lookup, a few ``type()`` comparisons and, for numbers,
+one chained comparison against the field's range.
+
+Why ranges: a number of the right type can still be absurd. ``pnl = 1.7976931348623157e308``
+is a valid JSON float, and two of them overflow every sum the evaluators keep (``math.fsum``
+raises). Refusing absurd values at the edge keeps every number the evaluators see finite and
+far from overflow, so their arithmetic needs no guard of its own. orjson already refuses
+literals that parse as infinity (``1e999``: counted as :data:`E_RANGE` by the channel) and
+JSON has no NaN, but :func:`check` also takes dicts built in Python, so non-finite values are
+refused here too (every comparison with NaN is false, so NaN fails any range).
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Final
 
 PROTOCOL_VERSION: Final = 1
@@ -22,6 +32,8 @@ E_NO_TYPE: Final = "no_type"  # an object without a string "type"
 E_UNKNOWN_TYPE: Final = "unknown_type"  # a type this supervisor does not know
 E_FIELD: Final = "field"  # a required field missing or of the wrong type
 E_VALUE: Final = "value"  # a field of the right type with a value out of its set
+E_RANGE: Final = "range"  # a number not finite, or outside its field's range (RANGES)
+E_HANDLER: Final = "handler"  # a valid message whose handling raised (a supervisor bug)
 ERROR_KINDS: Final = (
     E_JSON,
     E_UTF8,
@@ -31,13 +43,39 @@ ERROR_KINDS: Final = (
     E_UNKNOWN_TYPE,
     E_FIELD,
     E_VALUE,
+    E_RANGE,
+    E_HANDLER,
 )
 
 # Field kinds. "num" is int or float but never bool (bool is an int in Python).
 _STR, _INT, _NUM, _LIST, _ANY = "str", "int", "num", "list", "any"
+# The exact types each kind accepts (compared with ``type(value) in``, so no subclass: no bool).
+_TYPES: Final[dict[str, tuple[type, ...] | None]] = {
+    _STR: (str,),
+    _INT: (int,),
+    _NUM: (float, int),
+    _LIST: (list,),
+    _ANY: None,
+}
+
+MAX_MONEY: Final = 1e12  # |pnl|, |amount|: a trillion units of anything is a bug, not a round
+_FLOAT_MAX: Final = sys.float_info.max
+_TINY: Final = 5e-324  # the smallest positive float: ``_TINY <= x`` is ``x > 0`` for any number
+# (type, field) -> (lowest, highest), both included: every number a child sends has one.
+RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
+    ("hello", "pid"): (1, 1 << 22),  # Linux's largest pid_max
+    ("hello", "protocol"): (1, 1000),
+    ("decision", "latency_ms"): (0.0, 1e9),  # up to about 11.6 days
+    ("execution", "amount"): (-MAX_MONEY, MAX_MONEY),
+    ("outcome", "pnl"): (-MAX_MONEY, MAX_MONEY),
+    ("escrow", "due_at"): (0.0, 1e10),  # unix seconds, up to the year 2286 (not milliseconds)
+    ("escrow", "gap_s"): (_TINY, 1e7),  # above 0, up to about 116 days
+    ("context", "volatility"): (0.0, _FLOAT_MAX),  # finite, not negative
+    ("context", "disputes_open"): (0, 10**9),
+}
 
 # type -> ((field, kind, required), ...)
-_SCHEMA: Final[dict[str, tuple[tuple[str, str, bool], ...]]] = {
+_FIELDS: Final[dict[str, tuple[tuple[str, str, bool], ...]]] = {
     "hello": (
         ("version", _STR, True),
         ("pid", _INT, True),
@@ -80,17 +118,15 @@ _CHOICES: Final[dict[str, tuple[str, frozenset[str]]]] = {
 }
 
 
-def _field_ok(value: Any, kind: str) -> bool:
-    t = type(value)
-    if kind == _STR:
-        return t is str
-    if kind == _NUM:
-        return t is float or t is int
-    if kind == _INT:
-        return t is int
-    if kind == _LIST:
-        return t is list
-    return True
+# What check() walks per field: (name, accepted types or None for any, required, range or
+# None), built once from _FIELDS and RANGES so that a check is one loop without calls.
+_Rule = tuple[str, tuple[type, ...] | None, bool, tuple[float, float] | None]
+_SCHEMA: Final[dict[str, tuple[_Rule, ...]]] = {
+    mtype: tuple(
+        (name, _TYPES[kind], required, RANGES.get((mtype, name))) for name, kind, required in fields
+    )
+    for mtype, fields in _FIELDS.items()
+}
 
 
 def check(msg: Any) -> str | None:
@@ -104,16 +140,17 @@ def check(msg: Any) -> str | None:
     schema = _SCHEMA.get(mtype)
     if schema is None:
         return E_UNKNOWN_TYPE
-    for name, kind, required in schema:
+    for name, types, required, bounds in schema:
         value = msg.get(name)
         if value is None:
-            if required and name not in msg:
-                return E_FIELD
-            if required and kind != _ANY:
+            if required and (types is not None or name not in msg):
                 return E_FIELD
             continue
-        if not _field_ok(value, kind):
+        if types is not None and type(value) not in types:
             return E_FIELD
+        # NaN compares false with everything, so it fails here like an infinity does.
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+            return E_RANGE
     choice = _CHOICES.get(mtype)
     if choice is not None and msg[choice[0]] not in choice[1]:
         return E_VALUE
@@ -131,4 +168,6 @@ def describe(kind: str) -> str:
         E_UNKNOWN_TYPE: "unknown message type; ignored",
         E_FIELD: "a required field is missing or has the wrong type",
         E_VALUE: "a field's value is not one of those allowed",
+        E_RANGE: "a number is not finite or is outside its field's range; see docs/protocol.md",
+        E_HANDLER: "the supervisor failed handling this message; it was dropped and counted",
     }.get(kind, kind)

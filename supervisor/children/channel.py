@@ -3,14 +3,21 @@
 This is the hot path. Bytes arrive in chunks (``data_received``); they are split on newlines
 with ``bytes.split`` (C speed), each line parsed with orjson and checked by
 :func:`supervisor.protocol.check`, and good messages handed to ``on_message`` synchronously.
-Anything wrong with a line (not JSON, not UTF-8, too long, a bad field) is counted, logged
-once per burst, answered with an ``error`` line, and the channel goes on: one bad line never
-costs an agent its connection.
+Anything wrong with a line (not JSON, not UTF-8, too long, a bad field, an absurd number) is
+counted, logged once per burst, answered with an ``error`` line, and the channel goes on: one
+bad line never costs an agent its connection.
+
+The same holds for a good line that the supervisor fails to handle: an exception out of
+``on_message`` (a pipeline handler, an evaluator, a metric) is caught here, per line, and
+counted as kind ``handler``. Left to escape, it would leave ``data_received`` and asyncio would
+close the transport: that color's later events would be lost without a word while its status
+still said RUNNING. Catching costs nothing while nothing is raised (zero-cost ``try``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -88,7 +95,7 @@ class ChannelProtocol(asyncio.Protocol):
         self.lines += 1
         try:
             msg = orjson.loads(line)
-        except orjson.JSONDecodeError:
+        except orjson.JSONDecodeError as exc:
             if not line.strip():
                 return  # a blank line is not worth an error
             try:
@@ -96,13 +103,18 @@ class ChannelProtocol(asyncio.Protocol):
             except UnicodeDecodeError:
                 self._error(protocol.E_UTF8, repr(line[:80]))
             else:
-                self._error(protocol.E_JSON, repr(line[:80]))
+                # orjson refuses a number too large for a double (1e999) rather than make it inf.
+                infinite = "infinity" in exc.msg
+                self._error(protocol.E_RANGE if infinite else protocol.E_JSON, repr(line[:80]))
             return
         kind = protocol.check(msg)
-        if kind is None:
-            self._on_message(msg)
-        else:
+        if kind is not None:
             self._error(kind, repr(line[:120]))
+            return
+        try:
+            self._on_message(msg)
+        except Exception as exc:  # one event's failure must not end the channel
+            self._error(protocol.E_HANDLER, _describe_failure(msg, exc))
 
     def _error(self, kind: str, detail: str) -> None:
         self.errors += 1
@@ -128,3 +140,16 @@ class ChannelProtocol(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+def _describe_failure(msg: dict[str, Any], exc: Exception) -> str:
+    """``outcome: OverflowError: intermediate overflow in fsum (pnl.py:115 in _recompute)``: what
+    failed and where, for a log line (the traceback itself would be one per event)."""
+    tb = exc.__traceback__
+    where = ""
+    if tb is not None:
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        code = tb.tb_frame.f_code
+        where = f" ({os.path.basename(code.co_filename)}:{tb.tb_lineno} in {code.co_name})"
+    return f"{msg.get('type')}: {type(exc).__name__}: {str(exc)[:200]}{where}"

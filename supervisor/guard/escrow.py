@@ -141,6 +141,16 @@ class EscrowGap:
         if due < self._next_due:
             self._next_due = due
 
+    def paused(self, seconds: float, now: float) -> None:
+        """The supervisor itself stood still for ``seconds`` until ``now``: every clock moves on
+        by as much (none past ``now``), so that its own pause is never an agent's gap. O(n),
+        and only after a stall."""
+        for e in self._escrows.values():
+            e.blue = min(e.blue + seconds, now)
+            e.green = min(e.green + seconds, now)
+        self._grace_from = min(self._grace_from + seconds, now)
+        self._next_due = -math.inf  # judge afresh at the next tick
+
     def acting_changed(self, now: float, acting: Color | None = None) -> None:
         """Who acts changed (to ``acting``, when given): every escrow's clock starts again for
         the new acting color, and an escrow that fired for the old one may fire again."""

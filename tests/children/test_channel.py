@@ -40,6 +40,19 @@ BAD_LINES: list[tuple[bytes, str]] = [
     (b'{"type": "outcome", "pnl": true}\n', protocol.E_FIELD),  # a bool is not a number
     (b'{"type": "error", "kind": "meltdown", "message": "x"}\n', protocol.E_VALUE),
     (b'{"type": "escrow", "id": "e1", "op": "steal"}\n', protocol.E_VALUE),
+    # Numbers of the right type, but absurd: refused before any evaluator sees them.
+    (b'{"type": "outcome", "pnl": 1.7976931348623157e308}\n', protocol.E_RANGE),
+    (b'{"type": "outcome", "pnl": -1e999}\n', protocol.E_RANGE),  # orjson: infinite, refused
+    (
+        b'{"type": "decision", "id": "d1", "kind": "bet", "inputs": {}, "output": {}, '
+        b'"latency_ms": -1}\n',
+        protocol.E_RANGE,
+    ),
+    (b'{"type": "escrow", "id": "e1", "op": "watch", "gap_s": 0}\n', protocol.E_RANGE),
+    (
+        b'{"type": "hello", "version": "1", "pid": 18446744073709551615, "protocol": 1}\n',
+        protocol.E_RANGE,
+    ),
 ]
 
 
@@ -90,6 +103,42 @@ async def test_every_bad_line_is_counted_and_the_next_good_one_still_arrives() -
     told = theirs.recv(65536).splitlines()
     assert len(told) == 1
     assert orjson.loads(told[0])["type"] == "error"
+    proto.close()
+    theirs.close()
+
+
+async def test_a_handler_that_raises_costs_one_event_not_the_channel() -> None:
+    ours, theirs = socket.socketpair()
+    seen: list[dict[str, Any]] = []
+    errors: list[tuple[str, str]] = []
+    closed = asyncio.Event()
+    arrived = asyncio.Event()
+
+    def on_message(msg: dict[str, Any]) -> None:
+        if msg["type"] == "outcome":
+            raise OverflowError("intermediate overflow in fsum")
+        seen.append(msg)
+        arrived.set()
+
+    loop = asyncio.get_running_loop()
+    _, proto = await loop.connect_accepted_socket(
+        lambda: ChannelProtocol(on_message, lambda k, d: errors.append((k, d)), closed.set), ours
+    )
+    outcome = orjson.dumps({"type": "outcome", "pnl": 1.0}) + b"\n"
+    theirs.sendall(outcome * 3 + orjson.dumps(HELLO) + b"\n")
+    async with asyncio.timeout(5):
+        await arrived.wait()
+    assert seen == [HELLO]
+    assert [k for k, _ in errors] == [protocol.E_HANDLER] * 3
+    # What failed and where, for the log: the message type, the exception, its last frame.
+    assert errors[0][1].startswith("outcome: OverflowError: intermediate overflow in fsum (")
+    assert "test_channel.py:" in errors[0][1]
+    assert not closed.is_set()
+    # Told once per burst, like any other bad line.
+    theirs.setblocking(False)
+    told = theirs.recv(65536).splitlines()
+    assert len(told) == 1
+    assert orjson.loads(told[0])["kind"] == protocol.E_HANDLER
     proto.close()
     theirs.close()
 

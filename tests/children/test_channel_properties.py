@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -77,3 +78,48 @@ def test_how_bytes_are_chunked_never_changes_what_is_read(
 def test_check_never_raises_and_answers_a_known_kind(value: Any) -> None:
     kind = protocol.check(value)
     assert kind is None or kind in protocol.ERROR_KINDS
+
+
+# One valid message of each type that carries numbers, to put one number at a time into.
+WITH_NUMBERS: dict[str, dict[str, Any]] = {
+    "hello": {"type": "hello", "version": "1", "pid": 1, "protocol": 1},
+    "decision": {
+        "type": "decision",
+        "id": "d",
+        "kind": "k",
+        "inputs": {},
+        "output": {},
+        "latency_ms": 1.0,
+    },
+    "execution": {"type": "execution", "decision_id": "d", "key": "k", "amount": 1.0},
+    "outcome": {"type": "outcome", "pnl": 0.0},
+    "escrow": {"type": "escrow", "id": "e", "op": "watch"},
+    "context": {"type": "context"},
+}
+INT_ONLY = {("hello", "pid"), ("hello", "protocol"), ("context", "disputes_open")}
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from(sorted(protocol.RANGES)),
+    st.one_of(
+        st.floats(),  # NaN and both infinities included
+        st.integers(),
+        st.sampled_from([0, -0.0, 1, 5e-324, 1e12, 1e12 + 1, 2**22, 2**22 + 1, 2**63, 2**64]),
+    ),
+)
+def test_a_number_is_taken_only_when_finite_and_inside_its_range(
+    where: tuple[str, str], value: float
+) -> None:
+    mtype, field = where
+    assert protocol.check(WITH_NUMBERS[mtype]) is None
+    kind = protocol.check({**WITH_NUMBERS[mtype], field: value})
+    lowest, highest = protocol.RANGES[where]
+    if where in INT_ONLY and type(value) is not int:
+        assert kind == protocol.E_FIELD
+    elif math.isfinite(value) and lowest <= value <= highest:
+        assert kind is None
+    else:
+        assert kind == protocol.E_RANGE
+    if kind is None:
+        assert math.isfinite(value)  # nothing infinite or NaN ever reaches an evaluator
