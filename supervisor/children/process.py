@@ -11,7 +11,9 @@ States (a state changes only in :meth:`Child._set_state`)::
 Each child runs in its own process group with a parent-death signal, so that a daemon
 killed with -9 leaves nothing behind that could still move money; its pid, group and start
 time are also written to ``state_dir/children.json`` so that the next daemon can kill anything
-the signal missed (grandchildren keep the group).
+the signal missed (grandchildren keep the group). What a child starts that leaves its group
+(``setsid()``) is remembered as its tree and killed once the child is gone: see
+:mod:`supervisor.children.reaper`.
 """
 
 from __future__ import annotations
@@ -24,12 +26,10 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
-import orjson
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -39,6 +39,9 @@ from tenacity import (
 )
 
 from supervisor.children.channel import ChannelProtocol
+from supervisor.children.proctable import ProcessTable, kill_all
+from supervisor.children.proctable import start_time_of as start_time_of
+from supervisor.children.reaper import spawning
 from supervisor.config import AgentSection, Color
 from supervisor.logs import get as get_logger
 
@@ -75,18 +78,6 @@ class _ExitedAfterStableRun(Exception):
     """The child exited after running long enough that its backoff starts over."""
 
 
-def start_time_of(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks): tells a pid from its reuse."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # The command name is in parentheses and may contain spaces: split after the last ')'.
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return int(fields[19])
-
-
 class Child:
     """One color: the configured command run as a supervised child process."""
 
@@ -100,6 +91,7 @@ class Child:
         on_protocol_error: Callable[[Child, str, str], None],
         on_state: Callable[[Child], None],
         on_exit: Callable[[Child, int], None],
+        on_orphan_killed: Callable[[], None],
     ) -> None:
         self.color = color
         self.cfg = cfg
@@ -108,9 +100,12 @@ class Child:
         self._on_protocol_error = on_protocol_error
         self._on_state = on_state
         self._on_exit = on_exit
+        self._on_orphan_killed = on_orphan_killed
         self.state = ChildState.STOPPED
         self.pid: int | None = None
         self.start_time: int | None = None  # /proc start time of the current process
+        # What the current process started (its tree), pid → start time: killed once it is gone.
+        self.descendants: dict[int, int] = {}
         self.started_at: float | None = None  # monotonic, when the current process started
         self.restarts = 0
         self.last_exit: int | None = None
@@ -265,26 +260,40 @@ class Child:
         try:
             env = dict(self._env)
             env["AGENTSUP_FD"] = str(theirs.fileno())
-            proc = await asyncio.create_subprocess_exec(
-                *self.cfg.command,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-                cwd=self.cfg.cwd,
-                pass_fds=(theirs.fileno(),),
-                start_new_session=True,  # its own process group (and session)
-                preexec_fn=_die_with_parent,
-                limit=1 << 20,
-            )
+            with spawning():  # the reaper must not take it for an orphan before its pid is ours
+                proc = await asyncio.create_subprocess_exec(
+                    *self.cfg.command,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    env=env,
+                    cwd=self.cfg.cwd,
+                    pass_fds=(theirs.fileno(),),
+                    start_new_session=True,  # its own process group (and session)
+                    preexec_fn=_die_with_parent,
+                    limit=1 << 20,
+                )
+                self._proc = proc
+                self.pid = proc.pid
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
-        self._proc = proc
-        self.pid = proc.pid
+        try:
+            await self._watch(proc, ours)
+        except BaseException:
+            # Never a process without a supervisor: what could not be watched is killed and
+            # reaped before the failure goes up (and counts as an exit).
+            self._kill_group(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            await self._after_exit(proc)
+            raise
+        return proc
+
+    async def _watch(self, proc: asyncio.subprocess.Process, ours: socket.socket) -> None:
         self.start_time = start_time_of(proc.pid)
+        self.descendants = {}
         self.started_at = time.monotonic()
         self.hello = None
         self.last_heartbeat = None
@@ -308,7 +317,6 @@ class Child:
         ]
         self.log.info("child_spawned", command=self.cfg.command)
         self._on_state(self)  # same state, new pid: the daemon records it
-        return proc
 
     def _channel_closed(self) -> None:
         if self.hello is not None:
@@ -329,9 +337,15 @@ class Child:
 
     async def _after_exit(self, proc: asyncio.subprocess.Process) -> None:
         self.last_exit = proc.returncode
-        # The leader is gone; anything it left in its group goes with it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        # The leader is gone; anything it left in its group goes with it, and so does the rest
+        # of its tree: what it set apart (setsid) is in what the last look remembered, what is
+        # still in its group or session is found by its number.
+        # (Unless the pid names a new process already: the kernel reuses no pid that a live
+        # group still bears, so then the group is empty and the number is someone else's.)
+        if start_time_of(proc.pid) is None:
+            self._kill_group(proc.pid, signal.SIGKILL)
+        table = await asyncio.to_thread(ProcessTable.read)
+        self._kill_orphans({**self.descendants, **table.left_behind(proc.pid)}, "leader_gone")
         if self.channel is not None:
             self.channel.close()
             self.channel = None
@@ -343,6 +357,7 @@ class Child:
         self._proc = None
         self.pid = None
         self.start_time = None
+        self.descendants = {}
         self.started_at = None
         self.log = self.log.unbind("pid")
 
@@ -356,63 +371,59 @@ class Child:
                 self._set_state(ChildState.STOPPED)
             return
         self._set_state(ChildState.STOPPING)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
+        # Look at the whole tree while the leader still holds it together: once the leader is
+        # gone, what it set apart can no longer be told from anyone else's by its parent.
+        self.remember(await asyncio.to_thread(ProcessTable.read))
+        self._kill_group(proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), self.cfg.stop_timeout_s)
         except TimeoutError:
             self.log.warning("child_stop_timeout", timeout_s=self.cfg.stop_timeout_s)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            self._kill_group(proc.pid, signal.SIGKILL)
             await proc.wait()
 
     def kill_now(self) -> None:
-        """SIGKILL the group at once (a forced exit); the supervision loop reaps."""
+        """SIGKILL the group and its whole tree at once (a forced exit); the supervision loop
+        reaps the leader."""
         self._stopping.set()
         proc = self._proc
         if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            self.remember(ProcessTable.read())
+            self._kill_group(proc.pid, signal.SIGKILL)
+        kill_all(self.descendants)
 
-    def record(self) -> dict[str, int] | None:
-        """What the next daemon needs to find this process group again."""
-        if self.pid is None or self.start_time is None:
-            return None
-        return {"pid": self.pid, "start_time": self.start_time}
-
-
-def write_records(path: Path, children: Iterable[Child]) -> None:
-    """Record the children's pids and start times (replaced atomically) for the next daemon."""
-    records = [r for r in (c.record() for c in children) if r]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(orjson.dumps(records))
-    os.replace(tmp, path)
-
-
-def read_records(path: Path) -> list[dict[str, int]]:
-    """What a previous daemon recorded; nothing when there is no file or it is damaged."""
-    try:
-        records = orjson.loads(path.read_bytes())
-    except (FileNotFoundError, orjson.JSONDecodeError):
-        return []
-    return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
-
-
-def kill_leftovers(records: list[dict[str, int]]) -> list[int]:
-    """SIGKILL the process groups of a previous daemon's children that are still alive.
-
-    A group is killed when its leader is the same process (pid *and* start time) or is gone
-    (Linux never hands out a pid that still names a live group, so the members left are the
-    old child's). A pid reused by an unrelated process is left alone. Returns the groups."""
-    killed = []
-    for rec in records:
-        pid, start = rec.get("pid"), rec.get("start_time")
-        if not isinstance(pid, int) or pid <= 1:
-            continue
-        now = start_time_of(pid)
-        if now is not None and now != start:
-            continue
+    def _kill_group(self, pid: int, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-            killed.append(pid)
-    return killed
+            os.killpg(pid, sig)
+
+    def _kill_orphans(self, procs: dict[int, int], reason: str) -> None:
+        for pid, cmdline in kill_all(procs).items():
+            self.log.warning("orphan_killed", orphan=pid, cmdline=cmdline, reason=reason)
+            self._on_orphan_killed()
+
+    # the tree ---------------------------------------------------------------------------
+    def remember(self, table: ProcessTable) -> bool:
+        """Take the current process's tree from a reading of /proc (if that reading saw this
+        very process); True if it changed. Nothing is forgotten that is still the same
+        process: the kill after the leader is gone checks each one again."""
+        if self.pid is None or not table.is_same(self.pid, self.start_time):
+            return False
+        tree = table.tree(self.pid)
+        kept = {pid: start for pid, start in self.descendants.items() if table.is_same(pid, start)}
+        tree.update(kept)
+        if tree == self.descendants:
+            return False
+        self.descendants = tree
+        return True
+
+    def records(self) -> list[dict[str, int | bool]]:
+        """What the next daemon needs to find this process group and its tree again."""
+        if self.pid is None or self.start_time is None:
+            return []
+        return [
+            {"pid": self.pid, "start_time": self.start_time},
+            *(
+                {"pid": pid, "start_time": start, "group": False}
+                for pid, start in sorted(self.descendants.items())
+            ),
+        ]
