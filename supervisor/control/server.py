@@ -6,8 +6,11 @@ Response::  {"ok": true, "result": {...}}
 
 The socket is created with mode 0600 (by default) and every connection's peer is checked
 with SO_PEERCRED against the allowed uids (root, the daemon's own uid, and
-``supervisor.allowed_uids``): anyone else gets one refusal line and the door closed, never a
-command. A malformed request gets an error response and the connection stays usable.
+``supervisor.allowed_uids``), then by its process ancestry: a peer that descends from the
+daemon (a supervised child, its children, their orphans) is refused whatever its uid, since a
+child runs as the daemon's uid and would otherwise pass (DESIGN.md, invariant 10). Either
+refusal is one ``forbidden`` line and the door closed, never a command. A malformed request
+gets an error response and the connection stays usable.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from supervisor.control.commands import COMMANDS
 from supervisor.errors import Refused, SupervisorError
+from supervisor.identity import Lineage, lineage
 from supervisor.logs import get as get_logger
 
 if TYPE_CHECKING:
@@ -33,6 +37,9 @@ if TYPE_CHECKING:
 log = get_logger("control")
 
 MAX_REQUEST = 64 * 1024
+# How long a refused peer's request is awaited before the refusal is sent: a client writes
+# its request at once, and reading it first spares it a broken pipe in place of the reason.
+REFUSAL_READ_S = 2.0
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 
 
@@ -60,6 +67,8 @@ class ControlServer:
         self.path = path
         self.mode = mode
         self.allowed = {0, os.getuid(), *allowed_uids}
+        # Exported at 0 from the start, so that an alert on its increase has a baseline.
+        daemon.metrics.control_refused.labels("child")
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[Any]] = set()
 
@@ -114,13 +123,13 @@ class ControlServer:
                 log.warning(
                     "control_refused", peer_pid=pid, peer_uid=uid, allowed=sorted(self.allowed)
                 )
-                await self._reply(
+                await self._refuse(
+                    reader,
                     writer,
-                    error(
-                        "forbidden",
-                        f"uid {uid} may not control this daemon (see supervisor.allowed_uids)",
-                    ),
+                    f"uid {uid} may not control this daemon (see supervisor.allowed_uids)",
                 )
+                return
+            if not await self._admit_lineage(reader, writer, pid, uid):
                 return
             while True:
                 try:
@@ -142,6 +151,34 @@ class ControlServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def _admit_lineage(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pid: int, uid: int
+    ) -> bool:
+        """Refuse a peer that belongs to a supervised child's process tree (or that is gone
+        before its ancestry could be read: then nobody can tell it is not one)."""
+        kin = lineage(pid, os.getpid())
+        if kin in (Lineage.OUTSIDE, Lineage.OWN):
+            return True
+        reason = "child" if kin is Lineage.CHILD else "unverified"
+        self.daemon.metrics.control_refused.labels(reason).inc()
+        log.warning("control_refused", reason=reason, peer_pid=pid, peer_uid=uid)
+        message = (
+            "a supervised child may not control its supervisor"
+            if kin is Lineage.CHILD
+            else f"cannot tell whether peer pid {pid} is a supervised child (it is gone)"
+        )
+        await self._refuse(reader, writer, message)
+        return False
+
+    async def _refuse(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, message: str
+    ) -> None:
+        """One ``forbidden`` line, after the peer's request (never read, never run)."""
+        with contextlib.suppress(TimeoutError, ValueError, asyncio.IncompleteReadError):
+            async with asyncio.timeout(REFUSAL_READ_S):
+                await reader.readline()
+        await self._reply(writer, error("forbidden", message))
 
     async def _reply(self, writer: asyncio.StreamWriter, response: dict[str, Any]) -> None:
         writer.write(orjson.dumps(response, option=orjson.OPT_APPEND_NEWLINE))

@@ -30,6 +30,8 @@ def main() -> None:
     active_key = os.environ.get("AGENTSUP_ACTIVE_KEY", "agent:active_version")
     r = redis.Redis.from_url(
         os.environ["AGENTSUP_REDIS_URL"],
+        # Its color's own read-only user (redis.child_access = "read"), when it was given one.
+        username=os.environ.get("AGENTSUP_REDIS_USERNAME") or None,
         password=os.environ.get("AGENTSUP_REDIS_PASSWORD") or None,
         socket_timeout=1.0,
         socket_connect_timeout=1.0,
