@@ -3,6 +3,14 @@
 The daemon logs JSON lines to stdout; the harness reads them as they come and lets a test
 wait for the record it expects (``await d.wait_log("flip", reason="switch")``), with a
 timeout, instead of sleeping and hoping.
+
+On the way out, ``running_daemon()`` fails the test when a daemon it started (or one a test
+started again in the same directory) went wrong without the test noticing: it exited with
+another code than the test declared (``expect_exit``, or ``d.expected_exit`` set on the way),
+logged a failed task or an exception (unless the test provokes that event on purpose and says
+so in ``allow_errors``), printed a Python traceback, or left a process behind: every child and
+embedded redis it logged, and every member of their process groups, must be gone a few
+seconds after it exited. A passing test is thus also a daemon that stayed healthy.
 """
 
 from __future__ import annotations
@@ -14,7 +22,8 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +35,18 @@ from tests.redis_server import short_tempdir
 PY = sys.executable
 DEMO_AGENT = [PY, "-m", "supervisor.demo.agent"]
 SEED_AGENT = [PY, str(Path(__file__).parent / "agents" / "seed_agent.py")]
+
+# Records that say the daemon failed inside, whatever the test saw from outside.
+FAILURE_EVENTS = frozenset({"internal_task_failed", "task_failed"})
+# Records that carry the processes a daemon started: each must be gone after it exited.
+SPAWN_EVENTS = frozenset({"child_spawned", "embedded_redis_started"})
+# A daemon's children die with it (a parent-death signal) or just before it exits; this is
+# room for a shared, slow machine, not a time anything is expected to take.
+LEFTOVER_GRACE_S = 5.0
+# How long the way out waits for a daemon to stop: its shutdown_timeout_s (30 s in these
+# configs) with room, and less than a test's own timeout, so that a hang is reported with
+# its log rather than as a bare pytest-timeout.
+STOP_WAIT_S = 40.0
 
 
 def _toml(value: Any) -> str:
@@ -95,6 +116,12 @@ class CliResult:
 
 
 class DaemonProcess:
+    """One ``agentsup run`` process and what it logged.
+
+    Every instance is remembered by its directory, so that ``running_daemon()`` checks the
+    daemons a test starts again over the same state (a restart after kill -9) too.
+    """
+
     def __init__(self, directory: Path, config: Path, env: dict[str, str]) -> None:
         self.dir = directory
         self.config = config
@@ -104,8 +131,13 @@ class DaemonProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.logs: list[dict[str, Any]] = []
         self.raw_stderr: list[str] = []
+        # The exit code the test expects; a test that kills the daemon on purpose says so.
+        self.expected_exit = 0
+        # (pid, start time) of every process it logged starting: a pid alone may be reused.
+        self.spawned: list[tuple[int, int | None]] = []
         self._changed = asyncio.Condition()
         self._readers: list[asyncio.Task[None]] = []
+        _DAEMONS.setdefault(directory, []).append(self)
 
     async def start(self, *, wait_ready: bool = True) -> None:
         self.proc = await asyncio.create_subprocess_exec(
@@ -135,6 +167,9 @@ class DaemonProcess:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError:
                 record = {"event": "_unparsed", "line": line.decode(errors="replace")}
+            if record.get("event") in SPAWN_EVENTS and isinstance(record.get("pid"), int):
+                # Read at once: a child that crashes at start is gone, and its pid may be reused.
+                self.spawned.append((record["pid"], _proc_stat(record["pid"])[2]))
             async with self._changed:
                 self.logs.append(record)
                 self._changed.notify_all()
@@ -225,6 +260,8 @@ class DaemonProcess:
 
     async def signal(self, sig: int) -> None:
         assert self.proc is not None
+        if sig == signal.SIGKILL:
+            self.expected_exit = -signal.SIGKILL  # a test that kills it means it
         with contextlib.suppress(ProcessLookupError):
             self.proc.send_signal(sig)
 
@@ -251,14 +288,128 @@ class DaemonProcess:
         return pids
 
 
-def alive(pid: int) -> bool:
-    """True if the process exists and is not a zombie (PID 1 here may not reap)."""
+# Every daemon started in a directory, the first by running_daemon() and any the test starts
+# again over the same state: running_daemon() checks them all on the way out.
+_DAEMONS: dict[Path, list[DaemonProcess]] = {}
+
+
+def _proc_stat(pid: int) -> tuple[bytes, int, int] | tuple[None, None, None]:
+    """State, process group and start time (clock ticks) from /proc/PID/stat."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 :][:1] != b"Z"
+        return None, None, None
+    # The command name is in parentheses and may contain anything: split after the last ')'.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return fields[0], int(fields[2]), int(fields[19])
+
+
+def alive(pid: int) -> bool:
+    """True if the process exists and is not a zombie (PID 1 here may not reap)."""
+    state, _, _ = _proc_stat(pid)
+    return state is not None and state != b"Z"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
+def _group_members(pgids: Set[int]) -> list[int]:
+    """The live (not zombie) processes whose process group is one of ``pgids``."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        state, pgrp, _ = _proc_stat(int(entry.name))
+        if pgrp in pgids and state != b"Z":
+            members.append(int(entry.name))
+    return members
+
+
+def _leftovers(spawned: Iterable[tuple[int, int | None]]) -> list[int]:
+    """What is still alive of these processes and of their process groups (each child leads
+    its own group: what it started stays there unless it moved out on purpose)."""
+    mine: list[int] = []
+    groups: set[int] = set()
+    for pid, started in spawned:
+        state, _, now = _proc_stat(pid)
+        if state is not None and now != started:
+            # The pid names another process now: Linux hands out no pid still used as a
+            # process group's id, so the old group is empty too.
+            continue
+        if state is not None and state != b"Z":
+            mine.append(pid)
+        groups.add(pid)
+    return sorted(set(mine) | set(_group_members(groups)))
+
+
+def _sweep_groups(spawned: Iterable[tuple[int, int | None]]) -> None:
+    """SIGKILL these processes' groups, but not a group whose leader's pid was reused."""
+    for pid, started in spawned:
+        state, _, now = _proc_stat(pid)
+        if state is None or now == started:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+async def _wait_gone(spawned: list[tuple[int, int | None]]) -> list[int]:
+    """Poll /proc (no event tells when another parent's child is gone) for a few seconds."""
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    while (left := _leftovers(spawned)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return left
+
+
+def _problem_records(daemon: DaemonProcess, allow: Set[str]) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in daemon.logs
+        if r.get("event") not in allow
+        and (r.get("event") in FAILURE_EVENTS or "exception" in r or "exc_info" in r)
+    ]
+
+
+async def _finish(daemon: DaemonProcess, allow: Set[str]) -> list[str]:
+    """Stop ``daemon`` if it still runs; what went wrong with it, as evidence for a failure."""
+    if daemon.proc is None:
+        return []
+    problems = []
+    if daemon.proc.returncode is None:
+        try:
+            await daemon.stop(STOP_WAIT_S)
+        except TimeoutError:
+            tail = "\n".join(orjson.dumps(r).decode()[:300] for r in daemon.logs[-40:])
+            problems.append(
+                f"did not exit within {STOP_WAIT_S} s of SIGTERM: killed; last:\n{tail}"
+            )
+            daemon.proc.kill()
+            await daemon.wait()
+    else:
+        await daemon.wait()  # the readers: every line it wrote
+    rc = daemon.proc.returncode
+    if rc != daemon.expected_exit:
+        problems.append(f"exited with {rc}, expected {daemon.expected_exit}")
+    if rc == -signal.SIGKILL:
+        # A daemon killed outright cannot clean up its children's groups (its children die by
+        # their parent-death signal, what they started does not): the next daemon would.
+        _sweep_groups(daemon.spawned)
+    for r in _problem_records(daemon, allow):
+        problems.append("logged: " + orjson.dumps(r).decode()[:1500])
+    stderr = "".join(daemon.raw_stderr)
+    if "Traceback (most recent call last)" in stderr and "stderr_traceback" not in allow:
+        problems.append(f"a traceback on stderr:\n{stderr[-3000:]}")
+    for pid in await _wait_gone(daemon.spawned):
+        problems.append(
+            f"left process {pid} behind ({_cmdline(pid)}), {LEFTOVER_GRACE_S} s after it exited"
+        )
+    if problems and stderr and "stderr_traceback" not in allow:
+        problems.append(f"stderr tail:\n{stderr[-2000:]}")
+    return [f"daemon {daemon.pid}: {p}" for p in problems]
 
 
 @contextlib.asynccontextmanager
@@ -270,8 +421,18 @@ async def running_daemon(
     sections: dict[str, dict[str, Any]] | None = None,
     env: dict[str, str] | None = None,
     wait_ready: bool = True,
+    expect_exit: int = 0,
+    allow_errors: Set[str] = frozenset(),
 ) -> AsyncIterator[DaemonProcess]:
-    """Start ``agentsup run`` with a fresh config; SIGTERM and clean up on the way out."""
+    """Start ``agentsup run`` with a fresh config; SIGTERM, check and clean up on the way out.
+
+    The test fails on the way out if a daemon in this directory exited with another code than
+    ``expect_exit`` (``d.expected_exit`` may change it on the way), logged one of
+    ``FAILURE_EVENTS`` or an exception, printed a traceback, or left a process behind.
+    ``allow_errors`` names the events a test provokes on purpose (``"stderr_traceback"`` for a
+    traceback on stderr); the checks still run when the test itself failed, and then add to
+    its error instead of hiding it.
+    """
     directory = short_tempdir("as-d-")
     config = write_config(
         directory,
@@ -283,17 +444,28 @@ async def running_daemon(
     full_env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
     full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
     daemon = DaemonProcess(directory, config, full_env)
+    daemon.expected_exit = expect_exit
+
+    async def finish() -> list[str]:
+        problems = []
+        try:
+            for each in _DAEMONS.get(directory, []):
+                problems += await _finish(each, allow_errors)
+        finally:
+            _DAEMONS.pop(directory, None)
+            shutil.rmtree(directory, ignore_errors=True)
+        return problems
+
     try:
         await daemon.start(wait_ready=wait_ready)
         yield daemon
-    finally:
-        if daemon.proc is not None and daemon.proc.returncode is None:
-            with contextlib.suppress(Exception):
-                await daemon.stop()
-            if daemon.proc.returncode is None:
-                daemon.proc.kill()
-                await daemon.proc.wait()
-        shutil.rmtree(directory, ignore_errors=True)
+    except BaseException as exc:
+        for problem in await finish():
+            exc.add_note(problem)
+        raise
+    problems = await finish()
+    if problems:
+        raise AssertionError("the daemon went wrong:\n" + "\n".join(problems))
 
 
 def kill_group_leftovers(pids: list[int]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -93,9 +94,21 @@ class RedisServer:
         return out.stdout.decode().strip()
 
 
-def short_tempdir(prefix: str = "as-") -> Path:
-    """A temporary directory with a short path: Unix socket paths must fit in 107 bytes."""
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+# Where short_tempdir() makes its directories, and the prefix the tests use (the session
+# checks, in tests/conftest.py, that none is left behind).
+TEMP_ROOT = Path("/tmp")
+TEMP_PREFIX = "as-"
+# Every directory handed out in this process, with the test that asked for it.
+handed_out: dict[Path, str] = {}
+
+
+def short_tempdir(prefix: str = TEMP_PREFIX) -> Path:
+    """A temporary directory with a short path: Unix socket paths must fit in 107 bytes.
+
+    The caller removes it; a test session fails if it did not (see ``handed_out``)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=TEMP_ROOT))
+    handed_out[path] = os.environ.get("PYTEST_CURRENT_TEST", "(outside a test)")
+    return path
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ STOPPING on the way out; the children never see NOTIFY_SOCKET or WATCHDOG_*."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 from pathlib import Path
 
@@ -39,7 +40,16 @@ class NotifyListener:
 async def test_notify_protocol_and_children_do_not_inherit_it(
     redis_server: RedisServer,
 ) -> None:
-    listener = NotifyListener(short_tempdir("as-n-"))
+    directory = short_tempdir("as-n-")
+    listener = NotifyListener(directory)
+    try:
+        await _notify_protocol(redis_server, listener)
+    finally:
+        listener.sock.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def _notify_protocol(redis_server: RedisServer, listener: NotifyListener) -> None:
     redis_server.stop()  # READY must wait for Redis
     env = {"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "400000", "LISTEN_FDS": "3"}
     async with running_daemon(
@@ -75,4 +85,3 @@ async def test_notify_protocol_and_children_do_not_inherit_it(
         stopping = [m for m in listener.messages if "STOPPING=1" in m]
         if not stopping:
             await listener.next_with("STOPPING=1", timeout=5)
-    listener.sock.close()

@@ -493,34 +493,39 @@ def _sleep_until(deadline: float) -> None:
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM takes Ctrl-C's path, so that the terminal is restored either way.
+def _leave_on_interrupt() -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM raise KeyboardInterrupt, so that the view leaves and the
+    terminal is restored either way.
 
-    Here the handler raises (KeyboardInterrupt) instead of setting an event: this is a
-    blocking CLI loop, and an event would be seen only after the request in flight, up to
+    Installed here rather than left to Python's default: Python installs its own SIGINT
+    handler only when SIGINT was not ignored at start, and a process started with SIGINT
+    ignored (a shell's background job, a test runner started that way) would otherwise sit
+    through every Ctrl-C. The handler raises instead of setting an event: this is a blocking
+    CLI loop, and an event would be seen only after the request in flight, up to
     REQUEST_TIMEOUT_S later when the daemon hangs.
     """
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous = {
+        sig: signal.signal(sig, signal.default_int_handler)
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _watch_live(path: Path, interval: float) -> int:
     view = View(path, interval)
     console = Console()
-    with (
-        _sigterm_as_interrupt(),
-        Live(
-            render(view, console),
-            console=console,
-            screen=True,
-            auto_refresh=False,
-            redirect_stdout=False,
-            redirect_stderr=False,
-        ) as live,
-    ):
+    with Live(
+        render(view, console),
+        console=console,
+        screen=True,
+        auto_refresh=False,
+        redirect_stdout=False,
+        redirect_stderr=False,
+    ) as live:
         live.refresh()
         while True:
             started = time.monotonic()
@@ -531,40 +536,41 @@ def _watch_live(path: Path, interval: float) -> int:
 
 def _watch_plain(path: Path, interval: float) -> int:
     down_since: float | None = None
-    with _sigterm_as_interrupt():
-        while True:
-            started = time.monotonic()
-            try:
-                st = request(path, "status", timeout=REQUEST_TIMEOUT_S)
-            except ControlUnreachable as exc:
-                down_since = started if down_since is None else down_since
-                down = int(started - down_since)
-                print(
-                    f"agentsup: reconnecting to {path}… (daemon unreachable for {down}s): {exc}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            except Refused as exc:
-                down_since = None
-                print(f"agentsup: refused ({exc.code}): {exc}", file=sys.stderr, flush=True)
-            else:
-                down_since = None
-                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-                print(f"--- {stamp} ---\n{render_status(st)}\n", flush=True)
-            _sleep_until(started + interval)
+    while True:
+        started = time.monotonic()
+        try:
+            st = request(path, "status", timeout=REQUEST_TIMEOUT_S)
+        except ControlUnreachable as exc:
+            down_since = started if down_since is None else down_since
+            down = int(started - down_since)
+            print(
+                f"agentsup: reconnecting to {path}… (daemon unreachable for {down}s): {exc}",
+                file=sys.stderr,
+                flush=True,
+            )
+        except Refused as exc:
+            down_since = None
+            print(f"agentsup: refused ({exc.code}): {exc}", file=sys.stderr, flush=True)
+        else:
+            down_since = None
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            print(f"--- {stamp} ---\n{render_status(st)}\n", flush=True)
+        _sleep_until(started + interval)
 
 
 def watch(path: Path, interval: float = 0.5) -> int:
     """Show the daemon on ``path`` live until Ctrl-C; returns the exit code (0).
 
-    >>> watch(Path("/run/agent-supervisor/control.sock"))  # doctest: +SKIP
+    For example ``watch(Path("/run/agent-supervisor/control.sock"))``: it runs until
+    interrupted, so it is no doctest.
     """
     if interval <= 0:
         raise ValueError("interval must be positive")
     try:
-        if sys.stdout.isatty():
-            return _watch_live(path, interval)
-        return _watch_plain(path, interval)
+        with _leave_on_interrupt():
+            if sys.stdout.isatty():
+                return _watch_live(path, interval)
+            return _watch_plain(path, interval)
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:

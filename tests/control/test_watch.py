@@ -279,6 +279,55 @@ async def test_without_a_terminal_it_prints_the_plain_table_and_says_when_unreac
                 await proc.wait()
 
 
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def ignores_sigint(pid: int) -> bool:
+    with open(f"/proc/{pid}/status") as f:
+        ignored = next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
+    return bool(ignored & (1 << (signal.SIGINT - 1)))
+
+
+@pytest.mark.timeout(60)
+async def test_ctrl_c_leaves_even_when_started_with_sigint_ignored(
+    redis_server: RedisServer,
+) -> None:
+    # A shell's background job, or a test runner started as one, passes SIGINT on ignored:
+    # Python then installs no KeyboardInterrupt handler of its own, the view must.
+    async with running_daemon(
+        redis_url=redis_server.url, blue=agent(RAW, "1.0.0"), green=agent(RAW, "2.0.0")
+    ) as d:
+        proc = await asyncio.create_subprocess_exec(
+            PY,
+            "-m",
+            "supervisor",
+            "status",
+            "--watch",
+            "--socket",
+            str(d.socket),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=d.env,
+            cwd=ROOT,
+            preexec_fn=ignore_sigint,
+        )
+        assert proc.stdout is not None
+        try:
+            async with asyncio.timeout(15):
+                while not (await proc.stdout.readline()).startswith(b"--- "):
+                    pass
+            assert not ignores_sigint(proc.pid), "its own handler, not the inherited SIG_IGN"
+            proc.send_signal(signal.SIGINT)
+            _, err = await asyncio.wait_for(proc.communicate(), 10)
+            assert proc.returncode == 0, err.decode()
+            assert b"Traceback" not in err
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
 # -- the screen, rendered from a status object (no daemon) -------------------------------------
 
 
