@@ -50,3 +50,15 @@ class NotSupervised(SupervisorError):
     rest are missing or wrong), so the SDK has no channel and no right to act."""
 
     code = "not_supervised"
+
+
+class LeaseLost(SupervisorError):
+    """Another daemon holds this namespace's lease: this one may not decide who acts."""
+
+    code = "lease_lost"
+
+
+class NamespaceHeld(SupervisorError):
+    """At start: another live daemon supervises this namespace (exit 1, naming it)."""
+
+    code = "namespace_held"

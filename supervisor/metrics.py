@@ -54,6 +54,9 @@ FLIP_REASONS = (
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # A flip is one Lua call plus two socket writes: tens of microseconds to a few milliseconds.
 FLIP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
+# How late the event loop woke from a timer: about a millisecond when well, seconds when the
+# whole process stood still (a VM freeze, SIGSTOP).
+STALL_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
 class Metrics:
@@ -153,6 +156,25 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.state_write_failures = Counter(
+            p + "state_write_failures_total",
+            "Writes to state_dir that failed "
+            "(epoch reservation, state.json, permit journal, children.json)",
+            ["file"],
+            registry=r,
+        )
+        for what in ("epoch", "state", "journal", "children"):
+            self.state_write_failures.labels(what)
+        self.orphans_killed = Counter(
+            p + "orphans_killed_total",
+            "Processes a child set apart (setsid, double fork) killed once orphaned",
+            registry=r,
+        )
+        self.lease_held = Gauge(
+            p + "lease_held",
+            "1 while this daemon holds its namespace's lease and lets its children act",
+            registry=r,
+        )
         self.probation_seconds = Gauge(
             p + "candidate_probation_seconds",
             "How long the candidate has been in charge (0: none)",
@@ -175,6 +197,17 @@ class Metrics:
         self.webhook_failures = Counter(
             p + "webhook_failures_total",
             "Alerts the webhook did not accept after retries",
+            registry=r,
+        )
+        self.loop_stall = Histogram(
+            p + "loop_stall_seconds",
+            "How much later than asked the event loop woke from the housekeeping timer",
+            buckets=STALL_BUCKETS,
+            registry=r,
+        )
+        self.loop_stalls = Counter(
+            p + "loop_stalls_total",
+            "Stalls of the daemon's own event loop long enough to move the children's clocks",
             registry=r,
         )
 

@@ -9,9 +9,11 @@ callbacks, which schedule it.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from supervisor import protocol
 from supervisor.children.process import Child
 from supervisor.config import Color, Config
 from supervisor.guard import critical
@@ -26,6 +28,8 @@ from supervisor.metrics import Metrics
 from supervisor.rollout import Rollout
 
 log = get_logger("pipeline")
+
+MAX_PENDING_GRANTS = 100_000
 
 Handler = Callable[[Child, dict[str, Any]], None]
 
@@ -78,10 +82,15 @@ class Pipeline:
         self.double_spend = DoubleSpend(t.double_spend, fresh=False)
         self.escrow = EscrowGap(t.escrow_gap)
         self.context: dict[Color, dict[str, Any]] = {}
+        # Keys the daemon granted through a channel and not yet reported executed, with the
+        # color and epoch of the grant (bounded: an agent that never reports costs nothing).
+        self._grants: OrderedDict[str, tuple[Color, int]] = OrderedDict()
         self.events = 0
         # Plain counters for status and the live view (the metrics hold the same, labelled).
         self.tally = {c: Tally() for c in Color}
         self._bursts = {c: BurstLog() for c in Color}
+        # Our own failures apart: a child's garbage must not hide them from the log.
+        self._handler_bursts = {c: BurstLog() for c in Color}
         self._handlers: dict[str, Handler] = {
             "hello": self._hello,
             "heartbeat": self._heartbeat,
@@ -104,6 +113,14 @@ class Pipeline:
 
     def protocol_error(self, child: Child, kind: str, detail: str) -> None:
         self.metrics.protocol_errors.labels(child.color.value, kind).inc()
+        if kind == protocol.E_HANDLER:
+            # A good line we failed to handle is our bug, not the child's: said as an error.
+            suppressed = self._handler_bursts[child.color].should_log(time.monotonic())
+            if suppressed is not None:
+                child.log.error(
+                    "protocol_error", kind=kind, detail=detail, suppressed_since_last=suppressed
+                )
+            return
         suppressed = self._bursts[child.color].should_log(time.monotonic())
         if suppressed is not None:
             child.log.warning(
@@ -115,7 +132,12 @@ class Pipeline:
         return s.candidate is color and s.active is color
 
     def _hello(self, child: Child, msg: dict[str, Any]) -> None:
-        child.log.info("hello", agent_version=msg["version"], capabilities=msg.get("capabilities"))
+        caps = msg.get("capabilities")
+        if caps is not None and not all(type(c) is str for c in caps):
+            # Only names go to the log: a child's nesting could be deeper than the JSON log
+            # renderer goes, and the hello would fail in its own log line.
+            caps = f"{len(caps)} items, not all names"
+        child.log.info("hello", agent_version=msg["version"], capabilities=caps)
         child.said_hello(msg)
         self._on_hello(child)
 
@@ -144,7 +166,10 @@ class Pipeline:
         self.tally[color].executions += 1
         self.metrics.executions[color].inc()
         key = msg["key"]
-        epoch = self.rollout.state.epoch
+        # Judged at the epoch its permit was granted at, when the daemon granted it: a flip
+        # between the permit and this report must not make one execution look like two.
+        granted = self._grants.pop(key, None)
+        epoch = granted[1] if granted and granted[0] is color else self.rollout.state.epoch
         verdict = self.double_spend.execution(color, key, epoch, time.monotonic())
         if verdict is not None:
             self._on_verdict(verdict)
@@ -186,6 +211,12 @@ class Pipeline:
             if key in msg:
                 ctx[key] = msg[key]
 
+    def granted(self, color: Color, key: str, epoch: int) -> None:
+        """The daemon granted ``key`` to ``color`` at ``epoch`` (a channel permit)."""
+        self._grants[key] = (color, epoch)
+        if len(self._grants) > MAX_PENDING_GRANTS:
+            self._grants.popitem(last=False)
+
     # events that do not come from a line -----------------------------------------------
     def child_exited(self, child: Child, returncode: int) -> None:
         if self._acting_candidate(child.color):
@@ -212,6 +243,18 @@ class Pipeline:
             timeout = child.cfg.heartbeat_timeout_s or hb.timeout_s
             if age > timeout:
                 self._on_verdict(critical.on_silence(color, age, timeout))
+
+    def loop_stalled(self, children: dict[Color, Child], seconds: float, now: float) -> None:
+        """The daemon's own event loop stood still for ``seconds`` until ``now`` (a VM freeze,
+        a SIGSTOP, a blocking call): the children's clocks move on by as much, so that the
+        pause is never counted as their silence. Call it before the channels are read again;
+        a heartbeat read afterwards sets its clock to the present anyway. No clock moves past
+        ``now``: a stall spent handling a child's lines may have read its heartbeat late."""
+        for child in children.values():
+            last = child.last_heartbeat
+            if last is not None:
+                child.last_heartbeat = min(last + seconds, now)
+        self.escrow.paused(seconds, now)
 
     def new_active(self, active: Color | None) -> None:
         """Who acts changed: a new candidate starts with a clean slate, and the escrows get a

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from supervisor.arbiter.arbiter import Arbiter
+from supervisor.arbiter.arbiter import AdoptStatus, Arbiter, FlipStatus, Observed
 from supervisor.config import Color
 from supervisor.errors import RedisUnavailable, Refused
 from supervisor.logs import get as get_logger
@@ -98,6 +98,9 @@ class Rollout:
         self._on_change = on_change
         self.state = RolloutState()
         self.lock = asyncio.Lock()
+        # True while the executed keys are being put back into a Redis that forgot them:
+        # the daemon grants no permit meanwhile.
+        self.restoring = False
         # An automatic rollback that could not be committed (Redis down): applied first thing
         # when Redis answers again.
         self.pending: tuple[str, str, float] | None = None  # (reason, trigger, started)
@@ -134,6 +137,7 @@ class Rollout:
         record_from: str | None = None,
         trigger: str | None = None,
         started: float | None = None,
+        floor: int | None = None,
     ) -> Change:
         previous = self.state.active
         flip = await self.arbiter.flip(
@@ -143,8 +147,9 @@ class Rollout:
             expect=expect,
             record_from=record_from,
             rollout=nxt.fields(),
+            floor=floor,
         )
-        if flip.status == "conflict":
+        if flip.status is FlipStatus.CONFLICT:
             # The key moved under us (an operator's SET in the same instant): re-read first.
             raise Refused("conflict", f"the active key changed to {flip.from_!r} meanwhile")
         nxt.active = _color(flip.to)
@@ -172,21 +177,67 @@ class Rollout:
 
     async def start(self, initial: Color, by: str = "supervisor") -> Change:
         """At daemon start: adopt what Redis holds (or ``initial`` when it holds no color)
-        and bump the epoch so that anything left over from before is fenced."""
+        and bump the epoch so that anything left over from before is fenced.
+
+        Unless Redis is behind what this host knows (state.json, the permit journal): then
+        Redis went back in time while we were away, and our own truth is put back instead,
+        above the epoch reservation, after the executed keys."""
         async with self.lock:
             truth = await self.arbiter.read()
+            known = self.arbiter.known
+            if known is not None and (truth.epoch < known.epoch or truth.seq < self.arbiter.seq):
+                nxt = self._next()
+                nxt.load(known.rollout)
+                nxt.active = _color(known.active)
+                self.state = nxt
+                log.error(
+                    "redis_regressed",
+                    redis_epoch=truth.epoch,
+                    known_epoch=known.epoch,
+                    redis_seq=truth.seq,
+                    known_seq=self.arbiter.seq,
+                    hint="Redis went back in time; putting this host's truth back",
+                )
+                return await self._restore_truth(by)
             nxt = self._next()
             nxt.load(truth.rollout)
             if not truth.rollout.get("stable"):
                 nxt.stable = _color(truth.active) or initial
+            observed = _color(truth.active)
+            if (
+                observed is not None
+                and observed is not nxt.stable
+                and nxt.candidate is not observed
+            ):
+                # Switched by hand while no daemon ran: that color is on probation.
+                nxt.candidate, nxt.probation_since = observed, time.time()
             to = None if truth.active is not None else nxt.stable
-            if truth.active is not None and _color(truth.active) is None:
+            if truth.active is not None and observed is None:
                 log.error(
                     "active_key_invalid",
                     value=truth.active,
                     hint="no color acts until `agentsup switch COLOR`",
                 )
             return await self._flip(to, "start", by, nxt)
+
+    async def _restore_truth(self, by: str) -> Change:
+        """Redis forgot: put the executed keys back first, then who acts, at an epoch above
+        the reservation (so above anything any child was ever told). Permits are refused
+        meanwhile (``restoring``)."""
+        self.restoring = True
+        try:
+            restored = await self.arbiter.restore_grants()
+            s = self.state
+            log.warning("grants_restored", count=restored, seq=self.arbiter.seq)
+            return await self._flip(
+                s.active or s.stable,
+                "restored",
+                by,
+                self._next(),
+                floor=self.arbiter.reservation.ceiling,
+            )
+        finally:
+            self.restoring = False
 
     async def switch(self, color: Color, by: str, started: float | None = None) -> Change:
         async with self.lock:
@@ -284,48 +335,100 @@ class Rollout:
                 )
                 self.pending = None
                 return change
-            truth = await self.arbiter.read()
             s = self.state
-            known = s.active.value if s.active else None
-            if truth.active is None:
-                # Deleted, or Redis came back empty: put back what we know (the epoch still
-                # rises past the on-disk mark).
-                nxt = self._next()
-                return await self._flip(s.active or s.stable, "restored", "supervisor", nxt)
-            observed = _color(truth.active)
-            if observed is None:
-                if s.active is None and truth.epoch == s.epoch:
-                    return None  # already adopted this invalid value
+            observed = await self.arbiter.adopt(s.epoch, s.stable.value)
+            if observed.status is AdoptStatus.SAME:
+                return None
+            if observed.status is AdoptStatus.ADOPTED:
+                return self._adopted(observed)
+            if observed.status is AdoptStatus.REGRESSED or (
+                # Redis names another owner of the very epoch we hold: it is not our history.
+                observed.epoch == s.epoch
+                and observed.active == observed.owner
+                and _color(observed.active) is not s.active
+            ):
                 log.error(
-                    "active_key_invalid",
-                    value=truth.active,
-                    hint="no color acts until `agentsup switch COLOR`",
+                    "redis_regressed",
+                    redis_epoch=observed.epoch,
+                    known_epoch=s.epoch,
+                    redis_seq=observed.seq,
+                    known_seq=self.arbiter.seq,
+                    hint="Redis went back in time; putting this host's truth back",
                 )
-                nxt = self._next()
-                return await self._flip(
-                    None, "external", "redis", nxt, expect=truth.active, record_from=known or ""
-                )
-            if observed is not s.active:
-                nxt = self._next()
-                if observed is s.stable:
-                    nxt.candidate, nxt.probation_since = None, None
-                else:
-                    nxt.candidate, nxt.probation_since = observed, time.time()
-                    nxt.rejected.pop(observed, None)
-                return await self._flip(
-                    None, "external", "redis", nxt, expect=truth.active, record_from=known or ""
-                )
-            if truth.epoch < s.epoch:
-                # Redis went back in time (restored from an old dump): fence above our mark.
-                return await self._flip(
-                    None, "epoch_regressed", "supervisor", self._next(), expect=truth.active
-                )
-            if truth.epoch > s.epoch:
-                # Someone else raised the epoch (an operator's INCR): adopt it and tell both.
-                previous = s.active
-                self.state.epoch = truth.epoch
-                change = Change("flip", s.active, previous, truth.epoch, "external_epoch", "redis")
-                log.warning("epoch_adopted", epoch=truth.epoch)
-                self._on_change(change)
-                return change
-            return None
+                return await self._restore_truth("supervisor")
+            return await self._changed(observed)
+
+    def _adopted(self, observed: Observed) -> Change:
+        """The script adopted an operator's SET: mirror what it wrote."""
+        s = self.state
+        color = _color(observed.active)
+        assert color is not None
+        nxt = self._next()
+        nxt.active, nxt.epoch = color, observed.epoch
+        if color is s.stable:
+            nxt.candidate, nxt.probation_since = None, None
+        else:
+            nxt.candidate, nxt.probation_since = color, time.time()
+            nxt.rejected.pop(color, None)
+        previous = s.active
+        self.state = nxt
+        log.info(
+            "flip",
+            active=color,
+            previous=previous,
+            epoch=observed.epoch,
+            reason="external",
+            by="redis",
+            status="adopted",
+        )
+        change = Change("flip", color, previous, observed.epoch, "external", "redis")
+        self._on_change(change)
+        return change
+
+    async def _changed(self, observed: Observed) -> Change | None:
+        s = self.state
+        known = s.active.value if s.active else None
+        if observed.active is None:
+            # Deleted, or Redis came back empty: put back what we know (the epoch still
+            # rises past the on-disk mark).
+            return await self._flip(s.active or s.stable, "restored", "supervisor", self._next())
+        color = _color(observed.active)
+        if color is None:
+            if s.active is None and observed.epoch == s.epoch:
+                return None  # already adopted this invalid value
+            log.error(
+                "active_key_invalid",
+                value=observed.active,
+                hint="no color acts until `agentsup switch COLOR`",
+            )
+            return await self._flip(
+                None,
+                "external",
+                "redis",
+                self._next(),
+                expect=observed.active,
+                record_from=known or "",
+            )
+        if observed.owner != observed.active or color is not s.active:
+            nxt = self._next()
+            if color is s.stable:
+                nxt.candidate, nxt.probation_since = None, None
+            else:
+                nxt.candidate, nxt.probation_since = color, time.time()
+                nxt.rejected.pop(color, None)
+            return await self._flip(
+                None, "external", "redis", nxt, expect=observed.active, record_from=known or ""
+            )
+        if observed.epoch > s.epoch:
+            # Someone else raised the epoch (an operator's INCRBY): adopt it, once it is
+            # covered by the reservation on disk (else the children keep the old one, whose
+            # permits are refused as stale: fail closed).
+            await self.arbiter.reserve(observed.epoch)
+            self.arbiter.seen = max(self.arbiter.seen, observed.epoch)
+            previous = s.active
+            self.state.epoch = observed.epoch
+            change = Change("flip", s.active, previous, observed.epoch, "external_epoch", "redis")
+            log.warning("epoch_adopted", epoch=observed.epoch)
+            self._on_change(change)
+            return change
+        return None

@@ -94,6 +94,7 @@ def agent_env(monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer) -> dic
         "AGENTSUP_NAMESPACE": NS,
         "AGENTSUP_ACTIVE_KEY": ACTIVE_KEY,
         "AGENTSUP_PERMIT_TTL_MS": "60000",
+        "AGENTSUP_PERMITS": "direct",  # these tests are of the SDK's own EVALSHA path
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -128,6 +129,7 @@ async def supervised(
 
 async def make_active(agent: Agent, sup: FakeSupervisor, r: redis.Redis, epoch: int = 5) -> None:
     r.set(ACTIVE_KEY, agent.color)
+    r.set(KEYS.owner, agent.color)
     r.set(KEYS.epoch, epoch)
     await sup.role("active", epoch)
     assert await agent.wait_role("active", timeout=WAIT)
@@ -252,10 +254,46 @@ async def test_permit_is_refused_to_the_color_not_active(
     async with supervised(monkeypatch) as (agent, sup):
         await make_active(agent, sup, r, epoch=5)
         r.set(ACTIVE_KEY, "green")  # flipped; blue has not heard yet
+        r.set(KEYS.owner, "green")
         permit = await agent.permit("order-1")
         assert not permit
         assert permit.reason is PermitReason.NOT_ACTIVE
         assert r.exists(KEYS.permit("order-1")) == 0
+
+
+async def test_a_raw_set_of_the_active_key_leaves_nobody_able_to_act(
+    agent_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, r: redis.Redis
+) -> None:
+    """An operator's SET that no flip made: the key names green, the epoch is still blue's.
+    Until the daemon adopts it (bumping the epoch for green), neither color gets a permit."""
+    async with supervised(monkeypatch) as (agent, sup):
+        await make_active(agent, sup, r, epoch=5)
+        r.set(ACTIVE_KEY, "green")  # the owner stays blue
+        blue = await agent.permit("order-1")
+        assert blue.reason is PermitReason.NOT_ACTIVE
+        script = r.register_script(PERMIT)
+        green = script(
+            keys=KEYS.permit_keys("order-2", "green"),
+            args=["green", "5", "60000", "tok", "0", "order-2", "100"],
+        )
+        assert green[0] == "not_active"
+        assert r.exists(KEYS.permit("order-1"), KEYS.permit("order-2")) == 0
+
+
+async def test_a_redis_behind_the_grants_seen_is_refused(
+    agent_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, r: redis.Redis
+) -> None:
+    """Redis restored from an older dump forgot grants: its counter is behind the highest
+    grant the caller saw, and the script refuses rather than grant a forgotten key again."""
+    async with supervised(monkeypatch) as (agent, sup):
+        await make_active(agent, sup, r, epoch=5)
+        assert await agent.permit("order-1")
+        assert await agent.permit("order-2")
+        r.delete(KEYS.permit("order-2"))
+        r.set(KEYS.grant_seq, 1)  # as if the dump was taken after order-1
+        again = await agent.permit("order-2")
+        assert again.reason is PermitReason.UNAVAILABLE
+        assert r.hget(KEYS.permit_stats, "regressed") == "1"
 
 
 async def test_permit_is_refused_after_the_epoch_moved_on(
@@ -287,12 +325,17 @@ async def test_a_reused_key_is_refused_as_duplicate(
 def test_the_same_token_retried_is_ok_again(r: redis.Redis) -> None:
     """A reply lost after the script ran: the retry carries the same token and gets ok."""
     r.set(ACTIVE_KEY, "blue")
+    r.set(KEYS.owner, "blue")
     r.set(KEYS.epoch, 5)
     script = r.register_script(PERMIT)
-    keys = [KEYS.active, KEYS.epoch, KEYS.permit("order-1"), KEYS.permit_stats]
-    assert script(keys=keys, args=["blue", "5", "60000", "tok-1"]) == "ok"
-    assert script(keys=keys, args=["blue", "5", "60000", "tok-1"]) == "ok"
-    assert script(keys=keys, args=["blue", "5", "60000", "tok-2"]) == "duplicate"
+    keys = KEYS.permit_keys("order-1", "blue")
+
+    def ask(token: str) -> str:
+        return str(script(keys=keys, args=["blue", "5", "60000", token, "0", "order-1", "100"])[0])
+
+    assert ask("tok-1") == "ok"
+    assert ask("tok-1") == "ok"
+    assert ask("tok-2") == "duplicate"
 
 
 async def test_redis_down_means_unavailable_quickly(
@@ -326,7 +369,11 @@ async def test_a_redis_restart_costs_no_permit(
         redis_server.stop()
         redis_server.start()
         r.set(ACTIVE_KEY, "blue")
+        r.set(KEYS.owner, "blue")
         r.set(KEYS.epoch, 5)
+        # What the daemon puts back into a Redis that came back empty: without it the SDK,
+        # having seen grant 1, refuses as regressed (test_a_redis_behind_the_grants_seen...).
+        r.set(KEYS.grant_seq, 1)
         permit = await agent.permit("after")
         assert permit.reason is PermitReason.OK
 
@@ -339,6 +386,7 @@ async def test_no_permit_is_asked_before_a_role_or_while_quiesced(
         agent.on_quiesce(quiesced.set)
         agent.on_resume(resumed.set)
         r.set(ACTIVE_KEY, "blue")
+        r.set(KEYS.owner, "blue")
         r.set(KEYS.epoch, 5)
         early = await agent.permit("order-1")
         assert (early.reason, early.epoch) == (PermitReason.NOT_ACTIVE, None)
@@ -356,6 +404,62 @@ async def test_no_permit_is_asked_before_a_role_or_while_quiesced(
         assert not agent.quiesced
         assert r.hgetall(KEYS.permit_stats) == {}  # nothing above reached Redis
         assert await agent.permit("order-1")
+
+
+async def test_permit_goes_through_the_channel_by_default(
+    agent_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, r: redis.Redis
+) -> None:
+    """Without AGENTSUP_PERMITS=direct the SDK never asks Redis itself: the supervisor asks
+    for it, with the color of the channel (a child cannot ask as the other one)."""
+    monkeypatch.delenv("AGENTSUP_PERMITS")
+    async with supervised(monkeypatch) as (agent, sup):
+        await make_active(agent, sup, r, epoch=4)
+        asking = asyncio.create_task(agent.permit("order-9"))
+        request = await sup.next("permit")
+        assert set(request) == {"type", "request_id", "key"}  # no color to forge
+        await sup.send(
+            {
+                "type": "permit_result",
+                "request_id": request["request_id"],
+                "granted": True,
+                "reason": "ok",
+                "epoch": 4,
+                "valid_ms": 2000,
+            }
+        )
+        permit = await asking
+        assert (permit.granted, permit.key, permit.client_order_id) == (True, "order-9", "order-9")
+        assert agent.still_valid(permit)
+        assert r.hgetall(KEYS.permit_stats) == {}  # the SDK did not touch Redis
+
+
+async def test_a_permit_goes_stale_with_a_newer_epoch_or_past_its_deadline(
+    agent_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, r: redis.Redis
+) -> None:
+    """An agent that stalls between its permit and its venue call must not act on a permit a
+    flip has made stale: still_valid() says no once a newer epoch is pushed, or the deadline
+    (AGENTSUP_PERMIT_VALID_MS) has passed."""
+    monkeypatch.setenv("AGENTSUP_PERMIT_VALID_MS", "300")
+    async with supervised(monkeypatch) as (agent, sup):
+        await make_active(agent, sup, r, epoch=5)
+        permit = await agent.permit("order-1")
+        assert permit
+        assert agent.still_valid(permit)
+        await sup.role("standby", 6)
+        assert await agent.wait_role("standby", timeout=WAIT)
+        assert not agent.still_valid(permit)
+
+        await make_active(agent, sup, r, epoch=7)
+        late = await agent.permit("order-2")
+        assert late
+        assert agent.still_valid(late)
+        assert late.deadline is not None
+        async with asyncio.timeout(WAIT):
+            while time.monotonic() < late.deadline:
+                await asyncio.sleep(0.05)
+        assert not agent.still_valid(late)
+        refused = await agent.permit("order-2")
+        assert not agent.still_valid(refused)
 
 
 async def test_permit_through_the_channel(
@@ -576,6 +680,7 @@ async def demo_agent(
         "AGENTSUP_NAMESPACE": NS,
         "AGENTSUP_ACTIVE_KEY": ACTIVE_KEY,
         "AGENTSUP_PERMIT_TTL_MS": "60000",
+        "AGENTSUP_PERMITS": "direct",
         "AGENTSUP_DEMO_ROUND_S": "0.01",
         **{f"AGENTSUP_DEMO_{name.upper()}": value for name, value in demo_env.items()},
     }
@@ -612,6 +717,7 @@ async def test_the_demo_agent_plays_rounds_and_stops_on_sigterm(
         assert hello["type"] == "hello"
         assert hello["capabilities"] == ["permit", "snapshot", "mirror"]
         r.set(ACTIVE_KEY, "blue")
+        r.set(KEYS.owner, "blue")
         r.set(KEYS.epoch, 1)
         await demo.sup.role("active", 1)
         counts = {"decision": 0, "execution": 0, "outcome": 0}
@@ -661,6 +767,7 @@ async def test_the_exception_bug_is_reported_and_the_agent_goes_on(
 ) -> None:
     async with demo_agent(redis_server, bug="exception", bug_after="2") as demo:
         r.set(ACTIVE_KEY, "blue")
+        r.set(KEYS.owner, "blue")
         r.set(KEYS.epoch, 1)
         await demo.sup.role("active", 1)
         error = await demo.sup.next("error")
@@ -678,6 +785,7 @@ async def test_the_auth_bug_reports_once_and_stops_acting(
 ) -> None:
     async with demo_agent(redis_server, bug="auth", bug_after="1") as demo:
         r.set(ACTIVE_KEY, "blue")
+        r.set(KEYS.owner, "blue")
         r.set(KEYS.epoch, 1)
         await demo.sup.role("active", 1)
         error = await demo.sup.next("error")
@@ -691,6 +799,7 @@ async def test_the_auth_bug_reports_once_and_stops_acting(
 async def test_the_exit_bug_dies_mid_round(redis_server: RedisServer, r: redis.Redis) -> None:
     async with demo_agent(redis_server, bug="exit", bug_after="1") as demo:
         r.set(ACTIVE_KEY, "blue")
+        r.set(KEYS.owner, "blue")
         r.set(KEYS.epoch, 1)
         await demo.sup.role("active", 1)
         assert await asyncio.wait_for(demo.proc.wait(), 10) == 3
@@ -706,6 +815,7 @@ async def test_the_double_spend_bug_executes_a_used_key_again(
 ) -> None:
     async with demo_agent(redis_server, color="green", bug="double_spend", bug_after="1") as demo:
         r.set(ACTIVE_KEY, "green")
+        r.set(KEYS.owner, "green")
         r.set(KEYS.epoch, 1)
         r.set(KEYS.permit("order-3"), "blue:0:earlier")  # blue executed order-3 before
         await demo.sup.role("active", 1)

@@ -21,9 +21,9 @@ def permit(server: RedisServer, color: str, epoch: int, key: str, token: str = "
     try:
         script = r.register_script(PERMIT)
         answer = script(
-            keys=[KEYS.active, KEYS.epoch, KEYS.permit(key), KEYS.permit_stats],
-            args=[color, str(epoch), "60000", token],
-        )
+            keys=KEYS.permit_keys(key, color),
+            args=[color, str(epoch), "60000", token, "0", key, "1000"],
+        )[0]
         return answer.decode() if isinstance(answer, bytes) else str(answer)
     finally:
         r.close()
@@ -46,7 +46,8 @@ async def test_crash_looping_child_goes_fatal_and_the_daemon_stays_up(
         redis_url=redis_server.url, blue=agent(RAW, "1.0.0"), green=crashing
     ) as d:
         await d.wait_log("child_fatal", color="green")
-        st = await d.status()
+        # Green may give up before blue has even started (a slow machine, coverage): wait.
+        st = await d.wait_status(lambda s: s["children"]["blue"]["state"] == "RUNNING")
         assert st["children"]["green"]["state"] == "FATAL"
         assert st["children"]["green"]["restarts"] == 3
         assert st["children"]["blue"]["state"] == "RUNNING"
@@ -188,6 +189,7 @@ async def test_a_second_sigint_forces_the_exit(redis_server: RedisServer) -> Non
         await d.signal(signal.SIGINT)
         await d.wait_log("child_state", color="blue", state="STOPPING")
         await d.signal(signal.SIGINT)  # the operator will not wait 30 s
+        d.expected_exit = 130
         assert await d.wait(10) == 130
         await d.wait_log("forced_exit")
         for pid in pids.values():

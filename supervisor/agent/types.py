@@ -11,7 +11,7 @@ import hashlib
 import time
 import traceback as _traceback
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
@@ -49,17 +49,30 @@ _ROLES: Final = {r.value: r for r in Role}
 class Permit:
     """The answer to :meth:`Agent.permit`; true only when granted.
 
-    >>> Permit(granted=False, reason=PermitReason.DUPLICATE, epoch=8, key="order-7")
-    Permit(granted=False, reason=<PermitReason.DUPLICATE: 'duplicate'>, epoch=8, key='order-7')
+    >>> refused = Permit(granted=False, reason=PermitReason.DUPLICATE, epoch=8, key="order-7")
+    >>> bool(refused), refused.reason.value, refused.deadline
+    (False, 'duplicate', None)
     """
 
     granted: bool
     reason: PermitReason
     epoch: int | None  # the epoch the permit was asked with (None: never asked)
     key: str
+    # time.monotonic() past which the permit must not be acted on (None: not granted)
+    deadline: float | None = field(default=None, compare=False)
 
     def __bool__(self) -> bool:
         return self.granted
+
+    @property
+    def client_order_id(self) -> str:
+        """The idempotency key, to hand to the venue as its client order id wherever it
+        takes one: then the venue itself refuses a second execution of the same key.
+
+        >>> Permit(True, PermitReason.OK, 8, "order-7").client_order_id
+        'order-7'
+        """
+        return self.key
 
 
 def state_digest(state: Any) -> str:

@@ -1,18 +1,24 @@
 """The arbiter: the only writer of who may act (apart from an operator's own ``redis-cli SET``,
 which it adopts). Every decision is one Lua call; see :mod:`supervisor.arbiter.scripts`.
 
-The epoch never goes down. Redis holds it, and this host also keeps a high-water mark on disk
-(fsynced) that every flip passes to the script as a floor: if Redis comes back empty, the next
-epoch is still above every epoch any child was ever told.
+It also keeps what Redis might forget (:mod:`supervisor.arbiter.durable`): the epoch
+reservation that every flip stays under, the rollout as last known, and the journal of every
+permit granted through it, so that a Redis that went back in time is detected (its epoch or
+its grant counter is behind) and set right, never trusted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import socket
 import time
 import uuid
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -24,55 +30,52 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from supervisor.arbiter import scripts
-from supervisor.errors import RedisUnavailable
+from supervisor.arbiter.durable import (
+    DurableWriteError,
+    EpochReservation,
+    Grant,
+    KnownState,
+    PermitJournal,
+    write_atomically,
+)
+from supervisor.errors import LeaseLost, RedisUnavailable
 
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 FLIPS_MAXLEN = 10_000
 
 
-class EpochMark:
-    """The highest epoch this host has seen, in one small file, replaced atomically."""
+class FlipStatus(StrEnum):
+    OK = "ok"  # committed
+    DUP = "dup"  # this flip id had already run (a retry after a lost reply)
+    CONFLICT = "conflict"  # the active key moved under us
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.value = self._read()
 
-    def _read(self) -> int:
-        try:
-            text = self.path.read_text().strip()
-        except FileNotFoundError:
-            return 0
-        return int(text) if text.isdigit() else 0
-
-    def write(self, epoch: int) -> None:
-        """Record ``epoch`` if it is higher; durable when this returns (file and directory
-        fsynced). Blocking: call it off the event loop."""
-        if epoch <= self.value:
-            return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, f"{epoch}\n".encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-        self.value = epoch
+class AdoptStatus(StrEnum):
+    SAME = "same"  # nothing changed
+    ADOPTED = "adopted"  # an operator's SET of the active key, adopted in the same call
+    REGRESSED = "regressed"  # Redis is behind what this host knows
+    CHANGED = "changed"  # something else moved: a deleted key, a value not a color, the epoch
 
 
 @dataclass(frozen=True, slots=True)
 class Flip:
     """What a flip script answered."""
 
-    status: str  # ok, dup (this flip id had already run), conflict (the active key moved)
+    status: FlipStatus
     epoch: int
     from_: str
     to: str
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """What the reconciler's one call saw (and did)."""
+
+    status: AdoptStatus
+    epoch: int
+    active: str | None
+    owner: str  # for ``adopted``: the color that owned the epoch before
+    seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,24 +84,117 @@ class Truth:
 
     active: str | None
     epoch: int
+    owner: str
+    seq: int
     rollout: dict[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Who holds a namespace's lease (decoded from its value)."""
+
+    id: str
+    host: str
+    pid: int
+    start_time: int | None
+    since: float
+    raw: str = ""  # the lease's value as stored
+
+    @classmethod
+    def decode(cls, raw: str) -> Holder | None:
+        try:
+            d = orjson.loads(raw)
+            return cls(
+                str(d["id"]),
+                str(d["host"]),
+                int(d["pid"]),
+                d.get("start"),
+                float(d["since"]),
+                raw,
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+
+    def describe(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
+        return f"host {self.host}, pid {self.pid}, since {when}"
+
+    def is_dead_here(self) -> bool:
+        """True when the holder ran on this host and that process is gone (killed with -9:
+        its lease outlives it until the TTL, and its successor may take it at once)."""
+        if self.host != socket.gethostname():
+            return False
+        from supervisor.children.process import start_time_of
+
+        now = start_time_of(self.pid)
+        return now is None or (self.start_time is not None and now != self.start_time)
+
+
 class Arbiter:
-    """Flips, permits and reads, each one atomic Redis call."""
+    """Flips, permits, adoption and the lease, each one atomic Redis call."""
 
     def __init__(
-        self, redis: Redis, keys: scripts.Keys, mark: EpochMark, permit_ttl_s: int
+        self, redis: Redis, keys: scripts.Keys, state_dir: Path, permit_ttl_s: int
     ) -> None:
         self.redis = redis
         self.keys = keys
-        self.mark = mark
+        self.reservation = EpochReservation(state_dir / "epoch")
+        self.journal = PermitJournal(state_dir / "permits.journal")
+        self._state_path = state_dir / "state.json"
+        self.known = KnownState.load(self._state_path)
+        self.permit_ttl_s = permit_ttl_s
         self.permit_ttl_ms = str(permit_ttl_s * 1000)
-        self.seen = mark.value  # the highest epoch this process has seen (the mark may lag)
+        # The highest epoch and grant sequence this process has seen (Redis must not be behind).
+        self.seen = self.known.epoch if self.known else 0
+        self.seq = self.known.seq if self.known else 0
         self.replica_count = 0  # refreshed by the daemon at start and after each reconnect
-        self._flip = redis.register_script(scripts.FLIP)
-        self._permit = redis.register_script(scripts.PERMIT)
+        from supervisor.children.process import start_time_of
 
+        self.lease_value = orjson.dumps(
+            {
+                "id": uuid.uuid4().hex,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "start": start_time_of(os.getpid()),
+                "since": round(time.time(), 3),
+            }
+        ).decode()
+        self.holds_lease = False
+        self.lease_ttl_s: float | None = None
+        # Grant sequence numbers journaled by permit() (only while tail_grants() runs).
+        self._tailing = False
+        self._journaled: set[int] = set()
+        self._journaled_order: deque[int] = deque(maxlen=100_000)
+        # Told of every failed write to state_dir (the daemon counts, logs and alerts).
+        self.on_write_failure: Callable[[str, Exception], None] = lambda what, exc: None
+        self._flip = redis.register_script(scripts.FLIP)
+        self._adopt = redis.register_script(scripts.ADOPT)
+        self._permit = redis.register_script(scripts.PERMIT)
+        self._lease = redis.register_script(scripts.LEASE)
+        self._release = redis.register_script(scripts.RELEASE)
+
+    # the durable side -------------------------------------------------------------------
+    def load_journal(self) -> None:
+        """Open the journal; the highest sequence in it is a floor Redis must not be under."""
+        self.journal.open()
+        self.seq = max(self.seq, self.journal.highest_seq())
+
+    async def reserve(self, epoch: int) -> None:
+        """Raise the on-disk ceiling to cover ``epoch`` before anyone hears of it."""
+        if not self.reservation.covers(epoch):
+            try:
+                await asyncio.to_thread(self.reservation.reserve, epoch)
+            except DurableWriteError as exc:
+                self.on_write_failure("epoch", exc)
+                raise
+
+    async def save_known(self, active: str | None, rollout: dict[str, str]) -> None:
+        """Write state.json (off the loop). Raises DurableWriteError."""
+        known = KnownState(self.seen, self.seq, active, dict(rollout))
+        await asyncio.to_thread(write_atomically, self._state_path, known.dumps())
+        self.known = known
+
+    # flips ------------------------------------------------------------------------------
     async def flip(
         self,
         to: str | None,
@@ -108,24 +204,23 @@ class Arbiter:
         expect: str | None = None,
         record_from: str | None = None,
         rollout: dict[str, str] | None = None,
+        floor: int | None = None,
     ) -> Flip:
-        """Set the active color (``to=None`` keeps it: an epoch bump) and bump the epoch above
-        both Redis's and the on-disk mark, recording the flip in the stream; all in one call.
+        """Set the active color (``to=None`` keeps it: an epoch bump) and its epoch's owner,
+        bump the epoch above both Redis's and ``floor`` (by default the highest this process
+        has seen), recording the flip in the stream; all in one call.
 
-        Retried on a lost connection with the same flip id, so a retry of a flip that did run
-        answers ``dup`` with the epoch it got rather than bumping twice."""
+        The new epoch stays under the on-disk reservation: past it the script writes nothing
+        and the reservation is raised first (one fsync); if that write fails the flip is
+        refused (:class:`DurableWriteError`) and who acts stays who acts. Retried on a lost
+        connection with the same flip id, so a retry of a flip that did run answers ``dup``
+        with the epoch it got rather than bumping twice. Raises :class:`LeaseLost` when
+        another daemon holds the namespace."""
         flip_id = uuid.uuid4().hex
-        keys = [
-            self.keys.active,
-            self.keys.epoch,
-            self.keys.flips,
-            self.keys.last_flip,
-            self.keys.rollout,
-        ]
-        floor = max(self.mark.value, self.seen)
+        base_floor = self.seen if floor is None else max(floor, self.seen)
         args = [
             to or "",
-            str(floor),
+            str(base_floor),
             flip_id,
             reason,
             by,
@@ -134,7 +229,64 @@ class Arbiter:
             str(FLIPS_MAXLEN),
             record_from or "",
             orjson.dumps(rollout).decode() if rollout else "",
+            self.lease_value if self.holds_lease else "",
+            "",
         ]
+        for _ in range(3):
+            args[11] = str(self.reservation.ceiling)
+            raw = await self._call(self._flip, self.keys.flip_keys(), args, "flip not committed")
+            status, epoch_text, from_, to_ = (_text(x) for x in raw)
+            epoch = int(epoch_text or 0)
+            if status == "reserve":
+                await self.reserve(epoch)
+                continue
+            if status == "not_holder":
+                await self._lease_gone(to_)
+                args[10] = self.lease_value
+                continue
+            break
+        else:
+            raise DurableWriteError("the epoch reservation did not hold across three attempts")
+        result = Flip(FlipStatus(status), epoch, from_, to_)
+        self.seen = max(self.seen, result.epoch)
+        if self.replica_count and result.status is FlipStatus.OK:
+            # A failover could lose a flip no replica holds: wait for one before it counts.
+            await self.wait_replica()
+        return result
+
+    async def adopt(self, known_epoch: int, stable: str) -> Observed:
+        """The reconciler's one round trip: compare Redis with what we know; an operator's SET
+        of the active key is adopted in the same call (see scripts.ADOPT)."""
+        flip_id = uuid.uuid4().hex
+        for _ in range(3):
+            args = [
+                str(known_epoch),
+                str(self.seq),
+                self.lease_value if self.holds_lease else "",
+                flip_id,
+                f"{time.time():.6f}",
+                str(FLIPS_MAXLEN),
+                stable,
+                str(self.reservation.ceiling),
+            ]
+            raw = await self._call(self._adopt, self.keys.adopt_keys(), args, "not reconciled")
+            status, epoch_text, active, owner, seq_text = (_text(x) for x in raw)
+            epoch = int(epoch_text or 0)
+            if status == "reserve":
+                await self.reserve(epoch)
+                continue
+            if status == "not_holder":
+                await self._lease_gone(owner)
+                continue
+            break
+        else:
+            raise DurableWriteError("the epoch reservation did not hold across three attempts")
+        observed = Observed(AdoptStatus(status), epoch, active or None, owner, int(seq_text or 0))
+        if observed.status is AdoptStatus.ADOPTED:
+            self.seen = max(self.seen, epoch)
+        return observed
+
+    async def _call(self, script: Any, keys: list[str], args: list[str], what: str) -> Any:
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(_TRANSIENT),
@@ -143,47 +295,169 @@ class Arbiter:
                 reraise=True,
             ):
                 with attempt:
-                    raw = await self._flip(keys=keys, args=args)
+                    return await script(keys=keys, args=args)
         except _TRANSIENT as exc:
-            raise RedisUnavailable(f"flip not committed: {exc}") from exc
-        status, epoch, from_, to_ = (_text(x) for x in raw)
-        result = Flip(status, int(epoch or 0), from_, to_)
-        self.seen = max(self.seen, result.epoch)
-        if self.replica_count and status == "ok":
-            # A failover could lose a flip no replica holds: wait for one before it counts.
-            await self.wait_replica()
-        return result
+            raise RedisUnavailable(f"{what}: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
+    # permits ----------------------------------------------------------------------------
     async def permit(self, color: str, epoch: int, key: str, token: str) -> str:
-        """One permit decision: ok, not_active, stale_epoch, duplicate, or unavailable."""
+        """One permit decision for ``color`` (the channel it was asked on says which):
+        ok, not_active, stale_epoch, duplicate, unavailable, or regressed (Redis is behind
+        what this host has seen: refused, and the caller sets Redis right).
+
+        A grant is journaled before this returns ``ok``; if the journal cannot be written the
+        permit is refused (``unavailable``: the key stays burnt in Redis, nothing moved)."""
         try:
-            answer = await self._permit(
-                keys=[
-                    self.keys.active,
-                    self.keys.epoch,
-                    self.keys.permit(key),
-                    self.keys.permit_stats,
+            raw = await self._permit(
+                keys=self.keys.permit_keys(key, color),
+                args=[
+                    color,
+                    str(epoch),
+                    self.permit_ttl_ms,
+                    token,
+                    str(self.seq),
+                    key,
+                    str(scripts.GRANT_LOG_MAXLEN),
                 ],
-                args=[color, str(epoch), self.permit_ttl_ms, token],
             )
         except (*_TRANSIENT, RedisError):
             return "unavailable"
-        return _text(answer)
+        reason, seq = _text(raw[0]), int(raw[1])
+        if reason != "ok":
+            return reason
+        if seq > self.seq:
+            self.seq = seq
+        expires = int(time.time() * 1000) + self.permit_ttl_s * 1000
+        try:
+            self.journal.append(Grant(seq, key, color, epoch, token, expires))
+        except DurableWriteError as exc:
+            self.on_write_failure("journal", exc)
+            return "unavailable"
+        if self._tailing:
+            if len(self._journaled_order) == self._journaled_order.maxlen:
+                self._journaled.discard(self._journaled_order[0])
+            self._journaled_order.append(seq)
+            self._journaled.add(seq)
+        return "ok"
 
+    async def tail_grants(self) -> None:
+        """Journal the grants children made themselves (direct permits, ``child_access =
+        "permit"``), read from the grant log the permit script appends to. Runs until
+        cancelled. What this cannot cover, and the README says so: a grant Redis forgot
+        before this read it (the moment between the grant and the read, ~1 ms)."""
+        self._tailing = True
+        last = "$"
+        while True:
+            try:
+                found: Any = await self.redis.xread(
+                    {self.keys.grant_log: last}, count=1000, block=1000
+                )
+            except (*_TRANSIENT, RedisError):
+                await asyncio.sleep(0.5)  # Redis away: nothing is granted meanwhile
+                continue
+            for _stream, entries in found or []:
+                for entry_id, fields in entries:
+                    last = _text(entry_id)
+                    self._journal_logged(fields)
+
+    def _journal_logged(self, fields: dict[Any, Any]) -> None:
+        f = {_text(k): _text(v) for k, v in fields.items()}
+        try:
+            seq, epoch, ttl = int(f["seq"]), int(f["epoch"]), int(f["ttl"])
+        except (KeyError, ValueError):
+            return
+        if seq in self._journaled:
+            return  # ours: journaled before the child heard ok
+        self.seq = max(self.seq, seq)
+        expires = int(time.time() * 1000) + ttl
+        try:
+            self.journal.append(
+                Grant(seq, f.get("key", ""), f.get("color", ""), epoch, "", expires)
+            )
+        except DurableWriteError as exc:
+            self.on_write_failure("journal", exc)
+
+    async def restore_grants(self) -> int:
+        """Put every journaled grant that has not expired back into Redis (``SET NX`` with
+        its remaining time) and raise the grant counter to ours. Returns how many."""
+        now_ms = int(time.time() * 1000)
+        grants = await asyncio.to_thread(lambda: list(self.journal.grants(now_ms)))
+        try:
+            for start in range(0, len(grants), 1000):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for g in grants[start : start + 1000]:
+                        pipe.set(
+                            self.keys.permit(g.key), g.record, nx=True, px=g.expires_ms - now_ms
+                        )
+                    await pipe.execute()
+            current = int(await self.redis.get(self.keys.grant_seq) or 0)
+            if current < self.seq:
+                await self.redis.set(self.keys.grant_seq, self.seq)
+        except _TRANSIENT as exc:
+            raise RedisUnavailable(f"grants not restored: {exc}") from exc
+        return len(grants)
+
+    # the lease --------------------------------------------------------------------------
+    async def _lease_gone(self, holder: str) -> None:
+        """A script found the lease not ours. Nobody's (Redis lost it: restarted, flushed):
+        take it again and go on. Someone else's: :class:`LeaseLost`."""
+        if holder == "" and self.lease_ttl_s is not None:
+            found = await self.take_lease(self.lease_ttl_s)
+            if found is None:
+                return
+            holder = found.raw
+        self.holds_lease = False
+        raise LeaseLost(_holder_text(holder))
+
+    async def take_lease(self, ttl_s: float, replace: str = "") -> Holder | None:
+        """Take or renew the namespace's lease. Returns None when it is ours, else who holds
+        it. ``replace``: a holder's value we may take it from (one found dead)."""
+        raw = await self._call(
+            self._lease,
+            [self.keys.lease],
+            [self.lease_value, str(int(ttl_s * 1000)), replace],
+            "lease not taken",
+        )
+        self.lease_ttl_s = ttl_s
+        status, holder = _text(raw[0]), _text(raw[1])
+        if status == "mine":
+            self.holds_lease = True
+            return None
+        self.holds_lease = False
+        found = Holder.decode(holder)
+        return found or Holder(holder, "?", 0, None, 0.0, holder)
+
+    async def lease_holder_raw(self) -> str | None:
+        raw = await self.redis.get(self.keys.lease)
+        return None if raw is None else _text(raw)
+
+    async def release_lease(self) -> None:
+        if not self.holds_lease:
+            return
+        self.holds_lease = False
+        with contextlib.suppress(*_TRANSIENT, RedisError):
+            await self._release(keys=[self.keys.lease], args=[self.lease_value])
+
+    # reads ------------------------------------------------------------------------------
     async def read(self) -> Truth:
-        """The active key, the epoch and the rollout record, in one round trip."""
+        """The active key, the epoch, its owner, the grant counter and the rollout record, in
+        one round trip."""
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.get(self.keys.active)
                 pipe.get(self.keys.epoch)
+                pipe.get(self.keys.owner)
+                pipe.get(self.keys.grant_seq)
                 pipe.hgetall(self.keys.rollout)
-                active, epoch, rollout = await pipe.execute()
+                active, epoch, owner, seq, rollout = await pipe.execute()
         except _TRANSIENT as exc:
             raise RedisUnavailable(str(exc)) from exc
-        epoch_text = _text(epoch) if epoch is not None else "0"
         return Truth(
             _text(active) if active is not None else None,
-            int(epoch_text) if epoch_text.isdigit() else 0,
+            _digits(epoch),
+            _text(owner) if owner is not None else "",
+            _digits(seq),
             {_text(k): _text(v) for k, v in rollout.items()},
         )
 
@@ -243,6 +517,16 @@ class Arbiter:
             return int(await self.redis.wait(1, timeout_ms))
         except RedisError:
             return 0
+
+
+def _holder_text(raw: str) -> str:
+    holder = Holder.decode(raw)
+    return holder.describe() if holder else (raw or "nobody")
+
+
+def _digits(value: Any) -> int:
+    text = _text(value) if value is not None else "0"
+    return int(text) if text.isdigit() else 0
 
 
 def _text(value: Any) -> str:

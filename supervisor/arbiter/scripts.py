@@ -3,57 +3,97 @@
 Every key a script touches arrives through KEYS (none is built inside a script), so a
 deployment whose keys share a hash tag runs unchanged on Redis Cluster.
 
-The race they prevent
----------------------
+The races they prevent
+----------------------
 Blue is active at epoch 7. The operator switches to green: the flip script sets the active key
-to ``green`` and the epoch to 8 in one step. Blue has not heard yet and asks for a permit with
-``(blue, 7)``: the permit script reads the active key and refuses (``not_active``). A blue
-process left over from before a restart asks with ``(green, 7)`` copied from somewhere: refused
-(``stale_epoch``). Green asks with ``(green, 8)`` for key ``order-7`` that blue already used:
-refused (``duplicate``). Because the check and the ``SET NX`` happen inside one script, there is
-no instant at which two colors can both be told yes.
+to ``green``, the epoch to 8 and the epoch's owner to ``green`` in one step. Blue has not heard
+yet and asks for a permit with ``(blue, 7)``: the permit script reads the active key and
+refuses (``not_active``). A blue process left over from before a restart asks with
+``(green, 7)`` copied from somewhere: refused (``stale_epoch``). Green asks with ``(green, 8)``
+for key ``order-7`` that blue already used: refused (``duplicate``). Because the check and the
+``SET NX`` happen inside one script, there is no instant at which two colors can both be told
+yes.
+
+An operator's ``redis-cli SET agent:active_version green`` does not go through the flip script:
+the active key then names green while the epoch still belongs to blue. The permit script wants
+both to agree, so from that instant *nobody* may act (blue is not active, green does not own
+the epoch) until the daemon adopts the change with :data:`ADOPT`, which bumps the epoch and
+hands it to green in the same call. Fail closed, for about a millisecond.
+
+Redis going back in time (restored from an old dump, a failover to a lagging replica, a
+flush) would forget executed keys. Every grant increments ``{ns}:permits:seq`` and the
+supervisor passes the highest sequence number it has seen with each permit it asks for: a
+Redis whose counter is behind it answers ``regressed`` (the supervisor refuses the permit,
+puts its own journal of executed keys back, then its own truth at a higher epoch).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-# KEYS[1] active key, KEYS[2] epoch, KEYS[3] permit key, KEYS[4] permit statistics hash
-# ARGV[1] color, ARGV[2] epoch, ARGV[3] ttl in ms, ARGV[4] token (the same on a retry)
+# KEYS[1] active key, KEYS[2] epoch, KEYS[3] epoch owner, KEYS[4] permit key,
+# KEYS[5] permit statistics hash, KEYS[6] grant sequence, KEYS[7] grant log (stream),
+# KEYS[8] the identity key of ARGV[1] ({ns}:identity:{color}: only that color's ACL user, and
+# the daemon, may write it; nothing is ever stored there)
+# ARGV[1] color, ARGV[2] epoch, ARGV[3] ttl in ms, ARGV[4] token (the same on a retry),
+# ARGV[5] the lowest grant sequence the caller accepts ('0': any), ARGV[6] the idempotency key
+# (for the log), ARGV[7] the grant log's max length
+# Returns {reason, seq}: reason is ok, not_active, stale_epoch, duplicate or regressed; seq the
+# grant's sequence number (for ok) or the counter as it stands.
 PERMIT: Final = """
-local active = redis.call('GET', KEYS[1])
-if active ~= ARGV[1] then
-  redis.call('HINCRBY', KEYS[4], 'not_active', 1)
-  return 'not_active'
+local seq = tonumber(redis.call('GET', KEYS[6]) or '0') or 0
+if seq < (tonumber(ARGV[5]) or 0) then
+  redis.call('HINCRBY', KEYS[5], 'regressed', 1)
+  return {'regressed', seq}
+end
+-- Who is asking: a child calling this itself (direct permits) may only ask as its own color.
+local ns = string.sub(KEYS[2], 1, string.len(KEYS[2]) - 6)
+if KEYS[8] ~= ns .. ':identity:' .. ARGV[1] or not redis.acl_check_cmd('SET', KEYS[8], '1') then
+  redis.call('HINCRBY', KEYS[5], 'not_active', 1)
+  return {'not_active', seq}
+end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[3]) ~= ARGV[1] then
+  redis.call('HINCRBY', KEYS[5], 'not_active', 1)
+  return {'not_active', seq}
 end
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then
-  redis.call('HINCRBY', KEYS[4], 'stale_epoch', 1)
-  return 'stale_epoch'
+  redis.call('HINCRBY', KEYS[5], 'stale_epoch', 1)
+  return {'stale_epoch', seq}
 end
 local mine = ARGV[1] .. ':' .. ARGV[2] .. ':' .. ARGV[4]
-if redis.call('SET', KEYS[3], mine, 'NX', 'PX', ARGV[3]) then
-  redis.call('HINCRBY', KEYS[4], 'ok', 1)
-  return 'ok'
+if redis.call('SET', KEYS[4], mine, 'NX', 'PX', ARGV[3]) then
+  seq = redis.call('INCR', KEYS[6])
+  redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[7], '*', 'seq', seq, 'key', ARGV[6],
+             'color', ARGV[1], 'epoch', ARGV[2], 'ttl', ARGV[3])
+  redis.call('HINCRBY', KEYS[5], 'ok', 1)
+  return {'ok', seq}
 end
-if redis.call('GET', KEYS[3]) == mine then
-  return 'ok'
+if redis.call('GET', KEYS[4]) == mine then
+  return {'ok', seq}
 end
-redis.call('HINCRBY', KEYS[4], 'duplicate', 1)
-return 'duplicate'
+redis.call('HINCRBY', KEYS[5], 'duplicate', 1)
+return {'duplicate', seq}
 """
 
-# KEYS[1] active key, KEYS[2] epoch, KEYS[3] flips stream, KEYS[4] last flip hash,
-# KEYS[5] rollout hash
-# ARGV[1] to ('' keeps the current color: an epoch bump), ARGV[2] epoch floor (the high-water
-# mark kept on disk), ARGV[3] flip id (the same on a retry), ARGV[4] reason, ARGV[5] by,
-# ARGV[6] at (unix seconds), ARGV[7] expected current color ('' for any; else 'conflict' when
-# it differs), ARGV[8] stream max length, ARGV[9] recorded "from" ('' = the current value),
-# ARGV[10] rollout fields as a JSON object (a '' value deletes the field)
-# Returns {status, epoch, from, to}; status is ok, dup (this flip id already ran), conflict.
+# KEYS[1] active key, KEYS[2] epoch, KEYS[3] epoch owner, KEYS[4] flips stream,
+# KEYS[5] last flip hash, KEYS[6] rollout hash, KEYS[7] lease
+# ARGV[1] to ('' keeps the current color: an epoch bump), ARGV[2] epoch floor, ARGV[3] flip id
+# (the same on a retry), ARGV[4] reason, ARGV[5] by, ARGV[6] at (unix seconds), ARGV[7]
+# expected current color ('' for any; else 'conflict' when it differs), ARGV[8] stream max
+# length, ARGV[9] recorded "from" ('' = the current value), ARGV[10] rollout fields as a JSON
+# object (a '' value deletes the field), ARGV[11] the caller's lease id ('' skips the check),
+# ARGV[12] the highest epoch the caller has reserved on disk ('' for no limit)
+# Returns {status, epoch, from, to}; status is ok, dup (this flip id already ran), conflict,
+# not_holder (the lease is someone else's: `to` holds the holder) or reserve (the new epoch
+# would pass the caller's reservation: `epoch` is the one it needs; nothing was written).
 FLIP: Final = """
-if redis.call('HGET', KEYS[4], 'id') == ARGV[3] then
-  local last = redis.call('HMGET', KEYS[4], 'epoch', 'from', 'to')
+if redis.call('HGET', KEYS[5], 'id') == ARGV[3] then
+  local last = redis.call('HMGET', KEYS[5], 'epoch', 'from', 'to')
   return {'dup', last[1], last[2], last[3]}
+end
+if ARGV[11] ~= '' then
+  local holder = redis.call('GET', KEYS[7]) or ''
+  if holder ~= ARGV[11] then return {'not_holder', '0', '', holder} end
 end
 local current = redis.call('GET', KEYS[1]) or ''
 local epoch = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
@@ -62,26 +102,106 @@ if ARGV[7] ~= '' and current ~= ARGV[7] then
 end
 local floor = tonumber(ARGV[2]) or 0
 if floor > epoch then epoch = floor end
-epoch = string.format('%d', epoch + 1)
+epoch = epoch + 1
+if ARGV[12] ~= '' and epoch > (tonumber(ARGV[12]) or 0) then
+  return {'reserve', string.format('%d', epoch), current, ''}
+end
+epoch = string.format('%d', epoch)
 local to = ARGV[1]
 if to == '' then to = current end
 redis.call('SET', KEYS[2], epoch)
 if to ~= '' and to ~= current then redis.call('SET', KEYS[1], to) end
+if to == 'blue' or to == 'green' then redis.call('SET', KEYS[3], to)
+else redis.call('DEL', KEYS[3]) end
 local from = current
 if ARGV[9] ~= '' then from = ARGV[9] end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*', 'from', from, 'to', to,
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'from', from, 'to', to,
            'epoch', epoch, 'reason', ARGV[4], 'by', ARGV[5], 'at', ARGV[6])
-redis.call('HSET', KEYS[4], 'id', ARGV[3], 'epoch', epoch, 'from', from, 'to', to)
+redis.call('HSET', KEYS[5], 'id', ARGV[3], 'epoch', epoch, 'from', from, 'to', to)
 if ARGV[10] ~= '' then
   for field, value in pairs(cjson.decode(ARGV[10])) do
-    if value == '' then redis.call('HDEL', KEYS[5], field)
-    else redis.call('HSET', KEYS[5], field, value) end
+    if value == '' then redis.call('HDEL', KEYS[6], field)
+    else redis.call('HSET', KEYS[6], field, value) end
   end
 end
 return {'ok', epoch, from, to}
 """
 
+# The reconciler's one call: read the truth and, when it is an operator's SET of the active
+# key to a color, adopt it at once (bump the epoch, hand it to that color, record the flip and
+# the rollout change), all in one round trip.
+# KEYS[1] active key, KEYS[2] epoch, KEYS[3] epoch owner, KEYS[4] flips stream,
+# KEYS[5] last flip hash, KEYS[6] rollout hash, KEYS[7] lease, KEYS[8] grant sequence
+# ARGV[1] the epoch the caller knows, ARGV[2] the lowest grant sequence it accepts, ARGV[3] its
+# lease id ('' skips the check), ARGV[4] flip id, ARGV[5] at (unix seconds), ARGV[6] stream max
+# length, ARGV[7] the stable color, ARGV[8] the highest epoch reserved on disk ('' no limit)
+# Returns {status, epoch, active, owner, seq}. status:
+#   same       nothing changed
+#   adopted    an operator's SET was adopted: epoch is the new one, owner the previous one
+#   regressed  Redis is behind what the caller knows (epoch or grant sequence): nothing written
+#   not_holder the lease is someone else's (owner holds the holder)
+#   reserve    adopting needs an epoch past the caller's reservation: nothing written
+#   changed    anything else (a deleted key, a value that is not a color, a higher epoch)
+ADOPT: Final = """
+local active = redis.call('GET', KEYS[1]) or ''
+local epoch = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+local owner = redis.call('GET', KEYS[3]) or ''
+local seq = tonumber(redis.call('GET', KEYS[8]) or '0') or 0
+local function answer(status, e, o)
+  return {status, string.format('%d', e), active, o, string.format('%d', seq)}
+end
+if ARGV[3] ~= '' then
+  local holder = redis.call('GET', KEYS[7]) or ''
+  if holder ~= ARGV[3] then return answer('not_holder', epoch, holder) end
+end
+if epoch < (tonumber(ARGV[1]) or 0) or seq < (tonumber(ARGV[2]) or 0) then
+  return answer('regressed', epoch, owner)
+end
+if active == owner and epoch == (tonumber(ARGV[1]) or 0) then
+  return answer('same', epoch, owner)
+end
+if (active == 'blue' or active == 'green') and active ~= owner then
+  local new = epoch + 1
+  if ARGV[8] ~= '' and new > (tonumber(ARGV[8]) or 0) then
+    return answer('reserve', new, owner)
+  end
+  local e = string.format('%d', new)
+  redis.call('SET', KEYS[2], e)
+  redis.call('SET', KEYS[3], active)
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'from', owner, 'to', active,
+             'epoch', e, 'reason', 'external', 'by', 'redis', 'at', ARGV[5])
+  redis.call('HSET', KEYS[5], 'id', ARGV[4], 'epoch', e, 'from', owner, 'to', active)
+  if active == ARGV[7] then
+    redis.call('HDEL', KEYS[6], 'candidate', 'probation_since')
+  else
+    redis.call('HSET', KEYS[6], 'candidate', active, 'probation_since', ARGV[5])
+    redis.call('HDEL', KEYS[6], 'rejected_' .. active)
+  end
+  return answer('adopted', new, owner)
+end
+return answer('changed', epoch, owner)
+"""
+
+# The namespace lease: one daemon supervises a namespace.
+# KEYS[1] lease; ARGV[1] my id, ARGV[2] ttl in ms, ARGV[3] the id to replace ('' for none: take
+# it only if free). Returns {status, holder}: status is mine (taken or renewed) or held.
+LEASE: Final = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] or (ARGV[3] ~= '' and holder == ARGV[3]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {'mine', ARGV[1]}
+end
+return {'held', holder}
+"""
+
+# KEYS[1] lease; ARGV[1] my id. Deletes the lease only if it is mine. Returns 1 or 0.
+RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 PERMIT_REASONS: Final = ("ok", "not_active", "stale_epoch", "duplicate", "unavailable")
+GRANT_LOG_MAXLEN: Final = 100_000
 
 
 class Keys:
@@ -91,10 +211,47 @@ class Keys:
         self.namespace = namespace
         self.active = active_key
         self.epoch = f"{namespace}:epoch"
+        self.owner = f"{namespace}:epoch:owner"
         self.flips = f"{namespace}:flips"
         self.last_flip = f"{namespace}:flip:last"
         self.rollout = f"{namespace}:rollout"
         self.permit_stats = f"{namespace}:permits:stats"
+        self.grant_seq = f"{namespace}:permits:seq"
+        self.grant_log = f"{namespace}:permits:log"
+        self.lease = f"{namespace}:lease"
 
     def permit(self, key: str) -> str:
         return f"{self.namespace}:permit:{key}"
+
+    def identity(self, color: str) -> str:
+        """A key only ``color``'s ACL user (and the daemon) may write; nothing is stored there.
+        The permit script asks Redis whether its caller may write it: that is how a child
+        calling the script itself is held to its own color."""
+        return f"{self.namespace}:identity:{color}"
+
+    def permit_keys(self, key: str, color: str) -> list[str]:
+        """KEYS of the permit script for idempotency key ``key`` asked as ``color``."""
+        return [
+            self.active,
+            self.epoch,
+            self.owner,
+            self.permit(key),
+            self.permit_stats,
+            self.grant_seq,
+            self.grant_log,
+            self.identity(color),
+        ]
+
+    def flip_keys(self) -> list[str]:
+        return [
+            self.active,
+            self.epoch,
+            self.owner,
+            self.flips,
+            self.last_flip,
+            self.rollout,
+            self.lease,
+        ]
+
+    def adopt_keys(self) -> list[str]:
+        return [*self.flip_keys(), self.grant_seq]

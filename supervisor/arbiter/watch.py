@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from supervisor.logs import get as get_logger
@@ -20,11 +21,15 @@ log = get_logger("watch")
 
 
 async def watch_active_key(
-    redis: Redis, active_key: str, on_hint: Callable[[], None], redis_up: asyncio.Event
+    redis: Redis,
+    active_key: str,
+    on_hint: Callable[[], None],
+    redis_up: asyncio.Event,
+    prepare: Callable[[], Awaitable[object]],
 ) -> None:
     """Call ``on_hint()`` whenever the active key is written, deleted or expires. Runs until
-    cancelled; across a Redis outage it waits for ``redis_up`` and resubscribes (redis-py
-    resubscribes on reconnect)."""
+    cancelled; across a Redis outage it waits for ``redis_up``, calls ``prepare()`` (a Redis
+    restarted in between has forgotten its notification settings) and subscribes anew."""
     db = int(redis.connection_pool.connection_kwargs.get("db", 0) or 0)
     channel = f"__keyspace@{db}__:{active_key}"
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
@@ -34,6 +39,7 @@ async def watch_active_key(
         while True:
             try:
                 if not pubsub.subscribed:
+                    await prepare()
                     await pubsub.subscribe(channel)
                 # redis-py can swallow a cancellation that lands inside (re)subscribe; honour
                 # it here rather than block in get_message forever.
@@ -42,16 +48,25 @@ async def watch_active_key(
                 msg = await pubsub.get_message(timeout=None)
             except (RedisError, OSError) as exc:
                 log.info("watch_disconnected", error=str(exc))
+                # A fresh subscription: across a Redis restart the old one can stay broken
+                # for good (it believes it is still subscribed and fails on every read).
+                await _close(pubsub)
+                pubsub = redis.pubsub(ignore_subscribe_messages=True)
                 # The health loop may not have noticed yet: pause before asking again, then
                 # wait until it has seen Redis answer.
                 await asyncio.sleep(0.2)
                 await redis_up.wait()
+                on_hint()  # notifications were lost meanwhile: look at the truth once
                 continue
             if msg is not None and msg.get("type") == "message":
                 on_hint()
     finally:
-        # Cancelled in the middle of a (re)subscribe, redis-py's close can wait on a lock
-        # that is never released; the pool's own close at shutdown ends the connection then.
-        with contextlib.suppress(TimeoutError, RedisError, OSError):
-            async with asyncio.timeout(1.0):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await _close(pubsub)
+
+
+async def _close(pubsub: PubSub) -> None:
+    # Cancelled in the middle of a (re)subscribe, redis-py's close can wait on a lock that is
+    # never released; the pool's own close at shutdown ends the connection then.
+    with contextlib.suppress(TimeoutError, RedisError, OSError):
+        async with asyncio.timeout(1.0):
+            await pubsub.aclose()  # type: ignore[no-untyped-call]

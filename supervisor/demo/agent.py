@@ -23,6 +23,13 @@ Environment (besides the supervisor's own ``AGENTSUP_*``):
 - ``AGENTSUP_DEMO_ESCROW_GAP_S`` (unset): the per-escrow ``gap_s`` sent with ``watch``.
 - ``AGENTSUP_DEMO_BUG`` (none): the planted bug, below.
 - ``AGENTSUP_DEMO_BUG_AFTER`` (5): the bug fires on active round ``BUG_AFTER + 1``.
+- ``AGENTSUP_DEMO_VENUE_DIR`` (unset): the simulated venue's order book, shared by both colors
+  (one file per client order id, created exclusively); unset, each process keeps its own.
+
+The simulated venue takes the permit's idempotency key as its client order id and refuses a
+second order with the same id, whoever sends it, the way real exchanges do: the last line of
+defence behind the permit. Right before placing an order the agent checks that its permit is
+still good (``agent.still_valid``: before its deadline, no newer epoch pushed since).
 
 The planted bugs (``n`` counts this process's rounds while active; "fires" means from round
 ``BUG_AFTER + 1`` on):
@@ -56,6 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import random
 import signal
@@ -136,12 +144,39 @@ def strategy(inputs: dict[str, Any]) -> dict[str, Any]:
     return {"bet": "cash_out", "at": inputs["target"], "stake": inputs["stake"]}
 
 
+class Venue:
+    """The simulated exchange: it refuses a second order with the same client order id.
+
+    >>> venue = Venue(None)
+    >>> venue.place("order-7"), venue.place("order-7")
+    (True, False)
+    """
+
+    def __init__(self, directory: str | None) -> None:
+        self.dir = directory
+        self._seen: set[str] = set()
+
+    def place(self, client_order_id: str) -> bool:
+        if self.dir is None:
+            if client_order_id in self._seen:
+                return False
+            self._seen.add(client_order_id)
+            return True
+        name = hashlib.sha256(client_order_id.encode()).hexdigest()
+        try:
+            os.close(os.open(os.path.join(self.dir, name), os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            return False
+        return True
+
+
 class DemoAgent:
     """The rounds, the escrows and the planted bug of one color."""
 
     def __init__(self, agent: Agent, settings: Settings) -> None:
         self.agent = agent
         self.s = settings
+        self.venue = Venue(os.environ.get("AGENTSUP_DEMO_VENUE_DIR") or None)
         self.rng = random.Random(f"{settings.seed}:{agent.color}")
         self.rounds = 0  # rounds started while active
         self.executed = 0
@@ -242,6 +277,12 @@ class DemoAgent:
             self.denied += 1
             if self.denied == 1 or self.denied % 20 == 0:
                 self.say(f"round {n}: permit refused ({permit.reason}); skipped")
+            return
+        if permit and not self.agent.still_valid(permit):
+            self.say(f"round {n}: permit went stale before the order (a flip meanwhile)")
+            return
+        if not self.venue.place(key) and not double_spend:
+            self.say(f"round {n}: the venue refused client order id {key!r} (a duplicate)")
             return
         self.agent.execution(d.id, key, STAKE)
         if double_spend:

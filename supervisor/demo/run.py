@@ -57,6 +57,8 @@ class DemoFailed(Exception):
 
 def _config(directory: Path) -> config.Config:
     agent = [sys.executable, "-m", "supervisor.demo.agent"]
+    venue = directory / "venue"  # the simulated exchange's order ids, shared by both colors
+    venue.mkdir(exist_ok=True)
     return config.parse(
         {
             "supervisor": {
@@ -69,12 +71,17 @@ def _config(directory: Path) -> config.Config:
             "metrics": {"listen": ""},
             "rollout": {"probation_s": 0},
             "agents": {
-                "blue": {"command": agent, "version": "1.0.0", "env": {"AGENTSUP_DEMO_SEED": "7"}},
+                "blue": {
+                    "command": agent,
+                    "version": "1.0.0",
+                    "env": {"AGENTSUP_DEMO_SEED": "7", "AGENTSUP_DEMO_VENUE_DIR": str(venue)},
+                },
                 "green": {
                     "command": agent,
                     "version": "2.0.0",
                     "env": {
                         "AGENTSUP_DEMO_SEED": "7",
+                        "AGENTSUP_DEMO_VENUE_DIR": str(venue),
                         "AGENTSUP_DEMO_BUG": "exception",
                         "AGENTSUP_DEMO_BUG_AFTER": str(BUG_AFTER),
                     },

@@ -9,6 +9,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from supervisor.alerts import Alerter, alert_from_verdict
+from supervisor.arbiter.durable import DurableWriteError
 from supervisor.config import Color, Config
 from supervisor.errors import RedisUnavailable, Refused
 from supervisor.guard.verdict import Action, Severity, Verdict
@@ -101,7 +102,7 @@ class Responder:
                     reason=verdict.reason,
                     flip_ms=round((time.monotonic() - started) * 1000, 3),
                 )
-        except (RedisUnavailable, Refused) as exc:
+        except (RedisUnavailable, Refused, DurableWriteError) as exc:
             log.error("rollback_not_committed", error=str(exc), trigger=verdict.trigger)
         finally:
             self._rolling_back.discard(verdict.color)

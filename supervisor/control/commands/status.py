@@ -66,5 +66,9 @@ async def build(daemon: Daemon, flips: int) -> dict[str, Any]:
         "version": __version__,
         "uptime_s": round(now - daemon.started_at, 3),
         "probation_s": daemon.config.rollout.probation_s,
+        # None while state_dir takes writes; else what failed (flips past the reservation and
+        # permits that cannot be journaled are refused meanwhile).
+        "state_write_error": daemon.state_write_error,
+        "lease": "held" if daemon.arbiter.holds_lease and not daemon.fenced_self else "lost",
         "triggers": daemon.pipeline.trigger_states(daemon.children, daemon.respond.fired),
     }
