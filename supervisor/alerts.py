@@ -12,7 +12,7 @@ daemon counts ``agentsup_webhook_failures_total``) and is logged with its trigge
 
 With no webhook configured, ``send`` only logs the alert.
 
-The body is :func:`alert_from_verdict`'s object:
+The body is :func:`supervisor.rollout.responder.alert_from_verdict`'s object:
 
 .. code-block:: json
 
@@ -32,7 +32,7 @@ import http.client
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import IO, Any, Final
 from urllib.parse import urlsplit
 
@@ -49,7 +49,6 @@ from tenacity import (
 from supervisor import __version__
 from supervisor.config import AlertsSection
 from supervisor.errors import SupervisorError
-from supervisor.guard.verdict import Verdict
 from supervisor.logs import BurstLog
 from supervisor.logs import get as get_logger
 
@@ -90,44 +89,6 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         newurl: str,
     ) -> urllib.request.Request | None:
         return None
-
-
-def alert_from_verdict(
-    verdict: Verdict,
-    *,
-    supervisor_name: str,
-    version: str | None,
-    epoch: int | None,
-    extra: Mapping[str, Any] | None = None,
-    at: float | None = None,
-) -> Alert:
-    """The webhook's JSON body for ``verdict``. ``version`` is the version of the verdict's
-    color; ``extra`` adds fields (it cannot replace the ones above: those are the contract).
-
-    >>> from supervisor.config import Color
-    >>> from supervisor.guard.verdict import Action, Severity
-    >>> v = Verdict("double_spend", Severity.CRITICAL, Action.ROLLBACK, Color.GREEN, "twice")
-    >>> body = alert_from_verdict(v, supervisor_name="dice-bot", version="2.0.0", epoch=8, at=1.0)
-    >>> body["trigger"], body["color"], body["epoch"], body["value"]
-    ('double_spend', 'green', 8, None)
-    """
-    body: Alert = dict(extra) if extra else {}
-    body.update(
-        trigger=verdict.trigger,
-        severity=verdict.severity.value,
-        action=verdict.action.value,
-        color=verdict.color.value,
-        version=version,
-        message=verdict.message,
-        value=verdict.value,
-        threshold=verdict.threshold,
-        window=verdict.window,
-        baseline=verdict.baseline,
-        epoch=epoch,
-        at=time.time() if at is None else at,
-        supervisor=supervisor_name,
-    )
-    return body
 
 
 class Alerter:

@@ -15,10 +15,11 @@ from typing import Any
 import orjson
 import pytest
 
-from supervisor.alerts import Alerter, alert_from_verdict
+from supervisor.alerts import Alerter
 from supervisor.config import AlertsSection, Color, parse
 from supervisor.errors import ConfigError
 from supervisor.guard.verdict import Action, Severity, Verdict
+from supervisor.rollout.responder import alert_from_verdict
 
 # Tiny backoff so that retries take milliseconds; bounds in the asserts are generous.
 FAST: dict[str, Any] = {"backoff_initial_s": 0.001, "backoff_max_s": 0.01, "timeout_s": 5.0}

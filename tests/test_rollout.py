@@ -138,3 +138,21 @@ async def test_an_operator_set_racing_a_switch_and_a_rollback_settles_consistent
             r.close()
         assert len(epochs) >= 3
         assert all(a < b for a, b in itertools.pairwise(epochs)), epochs
+
+
+async def test_a_rollout_record_written_by_hand_with_garbage_does_not_stop_the_daemon(
+    redis_server: RedisServer,
+) -> None:
+    redis_server.cli(
+        "HSET", "t:rollout", "stable", "purple", "probation_since", "soon", "mode", "chaos"
+    )
+    async with running_daemon(
+        redis_url=redis_server.url, blue=agent(RAW, "1.0.0"), green=agent(RAW, "2.0.0")
+    ) as d:
+        st = await both_speaking(d)
+        assert (st["active"], st["stable"], st["mode"], st["probation_since"]) == (
+            "blue",
+            "blue",
+            "blue-green",
+            None,
+        )

@@ -5,19 +5,57 @@ color (it has nowhere to go back to) is alerted on."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-from supervisor.alerts import Alerter, alert_from_verdict
+from supervisor.alerts import Alert, Alerter
 from supervisor.arbiter.durable import DurableWriteError
 from supervisor.config import Color, Config
 from supervisor.errors import RedisUnavailable, Refused
 from supervisor.guard.verdict import Action, Severity, Verdict
 from supervisor.logs import get as get_logger
 from supervisor.metrics import Metrics
-from supervisor.rollout import Rollout
+from supervisor.rollout.rollout import Rollout
 
 log = get_logger("guard")
+
+
+def alert_from_verdict(
+    verdict: Verdict,
+    *,
+    supervisor_name: str,
+    version: str | None,
+    epoch: int | None,
+    extra: Mapping[str, Any] | None = None,
+    at: float | None = None,
+) -> Alert:
+    """The webhook's JSON body for ``verdict``. ``version`` is the version of the verdict's
+    color; ``extra`` adds fields (it cannot replace the ones above: those are the contract).
+
+    >>> from supervisor.config import Color
+    >>> from supervisor.guard.verdict import Action, Severity
+    >>> v = Verdict("double_spend", Severity.CRITICAL, Action.ROLLBACK, Color.GREEN, "twice")
+    >>> body = alert_from_verdict(v, supervisor_name="dice-bot", version="2.0.0", epoch=8, at=1.0)
+    >>> body["trigger"], body["color"], body["epoch"], body["value"]
+    ('double_spend', 'green', 8, None)
+    """
+    body: Alert = dict(extra) if extra else {}
+    body.update(
+        trigger=verdict.trigger,
+        severity=verdict.severity.value,
+        action=verdict.action.value,
+        color=verdict.color.value,
+        version=version,
+        message=verdict.message,
+        value=verdict.value,
+        threshold=verdict.threshold,
+        window=verdict.window,
+        baseline=verdict.baseline,
+        epoch=epoch,
+        at=time.time() if at is None else at,
+        supervisor=supervisor_name,
+    )
+    return body
 
 
 class Responder:
@@ -65,7 +103,7 @@ class Responder:
             return
         self.fired[(verdict.trigger, color)] = time.time()
         s = self.rollout.state
-        rollback = verdict.action is Action.ROLLBACK and s.candidate is color and s.active is color
+        rollback = verdict.action is Action.ROLLBACK and self.rollout.on_trial(color)
         if rollback and color not in self._rolling_back:
             self._rolling_back.add(color)
             self._spawn(self._rollback(verdict, started))

@@ -19,71 +19,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from supervisor.arbiter.arbiter import AdoptStatus, Arbiter, FlipStatus, Observed
 from supervisor.config import Color
 from supervisor.errors import RedisUnavailable, Refused
 from supervisor.logs import get as get_logger
+from supervisor.rollout.state import Change, RolloutState, as_color
+from supervisor.rollout.strategy import Assignment, Judged, Strategy, strategy_for
 
 log = get_logger("rollout")
-
-
-class Mode(StrEnum):
-    BLUE_GREEN = "blue-green"  # one color acts, the other stands by warm
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """A committed change of who acts (``kind="flip"``) or of who is stable (``"confirm"``)."""
-
-    kind: str
-    active: Color | None
-    previous: Color | None
-    epoch: int
-    reason: str
-    by: str
-    trigger: str | None = None
-    started: float | None = None  # monotonic time of the verdict or request, for latency
-
-
-@dataclass
-class RolloutState:
-    active: Color | None = None
-    epoch: int = 0
-    stable: Color = Color.BLUE
-    candidate: Color | None = None
-    probation_since: float | None = None  # wall clock, when the candidate took charge
-    rejected: dict[Color, str] = field(default_factory=dict)  # color -> rejected version
-    mode: Mode = Mode.BLUE_GREEN
-
-    def fields(self) -> dict[str, str]:
-        """The rollout hash in Redis ('' deletes a field)."""
-        return {
-            "mode": self.mode.value,
-            "stable": self.stable.value,
-            "candidate": self.candidate.value if self.candidate else "",
-            "probation_since": f"{self.probation_since:.3f}" if self.probation_since else "",
-            "rejected_blue": self.rejected.get(Color.BLUE, ""),
-            "rejected_green": self.rejected.get(Color.GREEN, ""),
-        }
-
-    def load(self, fields: dict[str, str]) -> None:
-        if fields.get("stable") in ("blue", "green"):
-            self.stable = Color(fields["stable"])
-        cand = fields.get("candidate", "")
-        self.candidate = Color(cand) if cand in ("blue", "green") else None
-        since = fields.get("probation_since", "")
-        self.probation_since = float(since) if since else None
-        self.rejected = {
-            c: fields[f"rejected_{c.value}"] for c in Color if fields.get(f"rejected_{c.value}")
-        }
-
-
-def _color(value: str | None) -> Color | None:
-    return Color(value) if value in ("blue", "green") else None
 
 
 class Rollout:
@@ -105,9 +50,25 @@ class Rollout:
         # when Redis answers again.
         self.pending: tuple[str, str, float] | None = None  # (reason, trigger, started)
 
-    # reading ----------------------------------------------------------------------------
+    # reading: what the strategy of the current mode says -----------------------------------
+    @property
+    def strategy(self) -> Strategy:
+        return strategy_for(self.state.mode)
+
+    def assignment(self, color: Color) -> Assignment:
+        """The role and allocation ``color`` is to be told."""
+        return self.strategy.assignment(self.state, color)
+
     def role_of(self, color: Color) -> str:
-        return "active" if color is self.state.active else "standby"
+        return self.assignment(color).role
+
+    def judged(self, color: Color) -> Judged:
+        """How the triggers judge ``color`` now: baseline, on trial, or neither."""
+        return self.strategy.judged(self.state, color)
+
+    def on_trial(self, color: Color) -> bool:
+        """True when a verdict against ``color`` would roll it back."""
+        return self.strategy.on_trial(self.state, color)
 
     def describe(self) -> dict[str, Any]:
         s = self.state
@@ -123,7 +84,7 @@ class Rollout:
         }
 
     def may_promote_automatically(self, color: Color) -> bool:
-        return self.state.rejected.get(color) != self.versions[color]
+        return self.strategy.may_promote(self.state, color, self.versions[color])
 
     # committing -------------------------------------------------------------------------
     async def _flip(
@@ -152,7 +113,7 @@ class Rollout:
         if flip.status is FlipStatus.CONFLICT:
             # The key moved under us (an operator's SET in the same instant): re-read first.
             raise Refused("conflict", f"the active key changed to {flip.from_!r} meanwhile")
-        nxt.active = _color(flip.to)
+        nxt.active = as_color(flip.to)
         nxt.epoch = flip.epoch
         self.state = nxt
         change = Change("flip", nxt.active, previous, flip.epoch, reason, by, trigger, started)
@@ -185,15 +146,21 @@ class Rollout:
         async with self.lock:
             truth = await self.arbiter.read()
             known = self.arbiter.known
-            if known is not None and (truth.epoch < known.epoch or truth.seq < self.arbiter.seq):
+            if truth.epoch < self.arbiter.seen or truth.seq < self.arbiter.seq:
+                # `seen` includes the last epoch any child was told (epoch.told), written
+                # before every push: Redis is behind what our children heard.
                 nxt = self._next()
-                nxt.load(known.rollout)
-                nxt.active = _color(known.active)
+                if known is not None:
+                    nxt.load(known.rollout)
+                    nxt.active = as_color(known.active)
+                else:  # no state.json: Redis's record is all there is, above our epochs
+                    nxt.load(truth.rollout)
+                    nxt.active = as_color(truth.active) or nxt.stable
                 self.state = nxt
                 log.error(
                     "redis_regressed",
                     redis_epoch=truth.epoch,
-                    known_epoch=known.epoch,
+                    known_epoch=self.arbiter.seen,
                     redis_seq=truth.seq,
                     known_seq=self.arbiter.seq,
                     hint="Redis went back in time; putting this host's truth back",
@@ -202,8 +169,8 @@ class Rollout:
             nxt = self._next()
             nxt.load(truth.rollout)
             if not truth.rollout.get("stable"):
-                nxt.stable = _color(truth.active) or initial
-            observed = _color(truth.active)
+                nxt.stable = as_color(truth.active) or initial
+            observed = as_color(truth.active)
             if (
                 observed is not None
                 and observed is not nxt.stable
@@ -283,20 +250,15 @@ class Rollout:
         candidate's version and are a no-op unless ``color`` is still the acting candidate."""
         async with self.lock:
             s = self.state
-            if automatic and (
-                s.candidate is None
-                or s.active is not s.candidate
-                or (color is not None and color is not s.candidate)
-            ):
-                return None
+            if automatic:
+                judged = color if color is not None else s.candidate
+                if judged is None or not self.on_trial(judged):
+                    return None
             if s.active is s.stable and s.candidate is None:
                 raise Refused("nothing_to_roll_back", f"{s.stable} is stable and in charge")
-            nxt = self._next()
-            if automatic and s.candidate is not None:
-                nxt.rejected[s.candidate] = self.versions[s.candidate]
-            nxt.candidate, nxt.probation_since = None, None
+            target, nxt = self._rolled_back(reject=automatic)
             try:
-                return await self._flip(s.stable, reason, by, nxt, trigger=trigger, started=started)
+                return await self._flip(target, reason, by, nxt, trigger=trigger, started=started)
             except RedisUnavailable:
                 if automatic:
                     self.pending = (reason, trigger or "", started or time.monotonic())
@@ -306,6 +268,16 @@ class Rollout:
                         hint="Redis is unreachable; applied as soon as it answers",
                     )
                 raise
+
+    def _rolled_back(self, *, reject: bool) -> tuple[Color, RolloutState]:
+        """Where a rollback goes and the state after it; an automatic one (``reject``) also
+        rejects the candidate's version, so nothing automatic promotes it again."""
+        s = self.state
+        nxt = self._next()
+        if reject and s.candidate is not None:
+            nxt.rejected[s.candidate] = self.versions[s.candidate]
+        nxt.candidate, nxt.probation_since = None, None
+        return self.strategy.rollback_target(s), nxt
 
     async def bump(self, reason: str, by: str = "supervisor") -> Change:
         """Raise the epoch without changing who acts (the acting child restarted)."""
@@ -325,13 +297,9 @@ class Rollout:
         async with self.lock:
             if self.pending is not None:
                 reason, trigger, started = self.pending
-                s = self.state
-                nxt = self._next()
-                if s.candidate is not None:
-                    nxt.rejected[s.candidate] = self.versions[s.candidate]
-                nxt.candidate, nxt.probation_since = None, None
+                target, nxt = self._rolled_back(reject=True)
                 change = await self._flip(
-                    s.stable, reason, "guard", nxt, trigger=trigger or None, started=started
+                    target, reason, "guard", nxt, trigger=trigger or None, started=started
                 )
                 self.pending = None
                 return change
@@ -345,7 +313,7 @@ class Rollout:
                 # Redis names another owner of the very epoch we hold: it is not our history.
                 observed.epoch == s.epoch
                 and observed.active == observed.owner
-                and _color(observed.active) is not s.active
+                and as_color(observed.active) is not s.active
             ):
                 log.error(
                     "redis_regressed",
@@ -361,7 +329,7 @@ class Rollout:
     def _adopted(self, observed: Observed) -> Change:
         """The script adopted an operator's SET: mirror what it wrote."""
         s = self.state
-        color = _color(observed.active)
+        color = as_color(observed.active)
         assert color is not None
         nxt = self._next()
         nxt.active, nxt.epoch = color, observed.epoch
@@ -392,7 +360,7 @@ class Rollout:
             # Deleted, or Redis came back empty: put back what we know (the epoch still
             # rises past the on-disk mark).
             return await self._flip(s.active or s.stable, "restored", "supervisor", self._next())
-        color = _color(observed.active)
+        color = as_color(observed.active)
         if color is None:
             if s.active is None and observed.epoch == s.epoch:
                 return None  # already adopted this invalid value
