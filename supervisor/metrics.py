@@ -8,6 +8,7 @@ calling ``.labels()`` per event.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -26,20 +27,9 @@ from supervisor.protocol import ERROR_KINDS
 COLORS = (Color.BLUE, Color.GREEN)
 CHILD_STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
 PERMIT_REASONS = ("not_active", "stale_epoch", "duplicate", "unavailable")
-# Every trigger with its severity (the rollback table), and every reason a flip can have: all
-# exported at 0 from the start, so that increase() sees the very first rollback.
-TRIGGER_SEVERITY = {
-    "exception": "critical",
-    "auth": "critical",
-    "exit": "critical",
-    "heartbeat": "critical",
-    "double_spend": "critical",
-    "pnl_sigma": "high",
-    "latency": "medium",
-    "escrow_gap": "medium",
-    "pnl_ok": "low",
-}
-ROLLBACK_TRIGGERS = (*(t for t in TRIGGER_SEVERITY if t != "pnl_ok"), "manual")
+# Every reason a flip can have but a trigger's, exported at 0 from the start so that increase()
+# sees the very first one; the triggers' (and their severities) come from the pipeline's
+# registry (Metrics.declare_triggers).
 FLIP_REASONS = (
     "start",
     "switch",
@@ -48,7 +38,7 @@ FLIP_REASONS = (
     "restart",
     "epoch_regressed",
     "external_epoch",
-    *ROLLBACK_TRIGGERS,
+    "manual",
 )
 # Decision latency buckets, in seconds: agents decide in about a millisecond to a few seconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -229,15 +219,21 @@ class Metrics:
                 self.child_state.labels(c.value, state)
         for reason in PERMIT_REASONS:
             self.permits_denied.labels(reason)
-        for trigger, severity in TRIGGER_SEVERITY.items():
-            self.triggers_fired.labels(trigger, severity)
-            self.alerts_sent.labels(trigger)
-        for trigger in ROLLBACK_TRIGGERS:
-            self.rollbacks.labels(trigger)
+        self.rollbacks.labels("manual")
         for reason in FLIP_REASONS:
             self.flips.labels(reason)
         self.redis_up.set(0)
         self._server: WSGIServer | None = None
+
+    def declare_triggers(self, severities: Mapping[str, str], rollbacks: Iterable[str]) -> None:
+        """Export every trigger at 0 from the start: ``severities`` each trigger a verdict may
+        name with its severity, ``rollbacks`` those that may roll back (a flip's reason)."""
+        for trigger, severity in severities.items():
+            self.triggers_fired.labels(trigger, severity)
+            self.alerts_sent.labels(trigger)
+        for trigger in rollbacks:
+            self.rollbacks.labels(trigger)
+            self.flips.labels(trigger)
 
     def set_child_state(self, color: Color, state: str) -> None:
         for s in CHILD_STATES:

@@ -1,37 +1,62 @@
 """One pass per event: every valid message a child sends goes through :meth:`Pipeline.handle`.
 
-validate (already done by the channel) → metrics → triggers → verdict. Synchronous and
-allocation-light: a decision event costs a dict lookup, two metric updates and the evaluators'
-few float operations. Anything slow (a flip, a permit, an alert) is handed to the daemon's
-callbacks, which schedule it.
+The pipeline is a small bus: each message type has a list of subscribers, called in the order
+they subscribed, each with ``(child, msg)``; a subscriber that returns a
+:class:`~supervisor.guard.verdict.Verdict` has it handed to ``on_verdict`` (the responder).
+The built-in subscribers come first (liveness, the tallies and their metrics, the context, the
+permits and replies the deployment answers), then every trigger of the registry
+(:mod:`supervisor.guard.registry`) on the types it listens to. Synchronous and
+allocation-light: a decision event costs one dict lookup, two calls, two metric updates and
+the latency trigger's few float operations. Anything slow (a flip, a permit, an alert) is
+handed to the deployment's callbacks, which schedule it.
+
+Later subscribers join the same way, without a change here: the decision log as
+``pipeline.subscribe("decision", log.record)`` (and ``execution``, ``outcome``), the shadow
+comparator on ``decision`` and ``mirror_result``, the deploy gates on ``context`` and
+``escrow``. A subscriber must be as quick as the line rate needs (hand anything slow to a
+task), and may return a Verdict to have it acted on like a trigger's.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, TypeVar
 
 from supervisor import protocol
 from supervisor.children.process import Child
-from supervisor.config import Color, Config
-from supervisor.guard import critical
-from supervisor.guard.double_spend import DoubleSpend
-from supervisor.guard.escrow import EscrowGap
-from supervisor.guard.latency import Latency
-from supervisor.guard.pnl import PnlSigma
+from supervisor.config import Color, Triggers
+from supervisor.guard.double_spend import DoubleSpend, DoubleSpendEvaluator
+from supervisor.guard.escrow import EscrowGap, EscrowGapEvaluator
+from supervisor.guard.evaluator import EXIT, Context, Evaluator, Reset, Roles, emitted
+from supervisor.guard.registry import REGISTRY, Factory
 from supervisor.guard.verdict import Verdict
 from supervisor.logs import BurstLog
 from supervisor.logs import get as get_logger
 from supervisor.metrics import Metrics
-from supervisor.rollout import Rollout
 
 log = get_logger("pipeline")
 
-MAX_PENDING_GRANTS = 100_000
+# Every type a subscriber may listen to: the channel's (supervisor/protocol.py, the contract's
+# child → supervisor table) and the pipeline's own ``exit``.
+MESSAGE_TYPES: Final = (
+    "hello",
+    "heartbeat",
+    "decision",
+    "execution",
+    "outcome",
+    "error",
+    "escrow",
+    "context",
+    "snapshot",
+    "restored",
+    "mirror_result",
+    "permit",
+    EXIT,
+)
 
-Handler = Callable[[Child, dict[str, Any]], None]
+Subscriber = Callable[[Child, dict[str, Any]], Verdict | None]
+E = TypeVar("E", bound=Evaluator)
 
 
 class Tally:
@@ -55,61 +80,109 @@ class Tally:
 
 
 class Pipeline:
+    """The bus of one deployment's children.
+
+    ``children`` is a live mapping (the deployment may fill it after building the pipeline,
+    since each child's ``on_message`` is :meth:`handle`); ``heartbeat_timeouts`` the per color
+    overrides of ``[triggers.heartbeat] timeout_s``; ``roles`` how the rollout judges each
+    color (the :class:`~supervisor.rollout.Rollout`). ``evaluators`` is the trigger registry,
+    replaceable for tests.
+    """
+
     def __init__(
         self,
-        config: Config,
+        triggers: Triggers,
         metrics: Metrics,
-        rollout: Rollout,
+        roles: Roles,
+        children: Mapping[Color, Child],
         *,
+        heartbeat_timeouts: Mapping[Color, float | None],
         on_verdict: Callable[[Verdict], None],
         on_hello: Callable[[Child], None],
         on_permit: Callable[[Child, dict[str, Any]], None],
         on_reply: Callable[[Child, dict[str, Any]], None],
         on_lookup: Callable[[Color, str, int], None],
+        evaluators: Sequence[Factory] = REGISTRY,
     ) -> None:
-        self.config = config
         self.metrics = metrics
-        self.rollout = rollout
+        self.children = children
+        self._roles = roles
         self._on_verdict = on_verdict
         self._on_hello = on_hello
-        self._on_permit = on_permit
-        self._on_reply = on_reply
-        self._on_lookup = on_lookup
-        t = config.triggers
-        self.pnl = PnlSigma(t.pnl_sigma)
-        self.latency = Latency(t.latency)
-        # Not fresh: keys executed before this daemon started are only in Redis's permits.
-        self.double_spend = DoubleSpend(t.double_spend, fresh=False)
-        self.escrow = EscrowGap(t.escrow_gap)
         self.context: dict[Color, dict[str, Any]] = {}
-        # Keys the daemon granted through a channel and not yet reported executed, with the
-        # color and epoch of the grant (bounded: an agent that never reports costs nothing).
-        self._grants: OrderedDict[str, tuple[Color, int]] = OrderedDict()
         self.events = 0
         # Plain counters for status and the live view (the metrics hold the same, labelled).
         self.tally = {c: Tally() for c in Color}
+        # Each color's tally with its metrics bound, so that counting an event is one lookup.
+        self._decided = {
+            c: (self.tally[c], metrics.decisions[c].inc, metrics.decision_latency[c].observe)
+            for c in Color
+        }
+        self._executed = {c: (self.tally[c], metrics.executions[c].inc) for c in Color}
+        self._finished = {c: (self.tally[c], metrics.round_pnl[c].observe) for c in Color}
         self._bursts = {c: BurstLog() for c in Color}
         # Our own failures apart: a child's garbage must not hide them from the log.
         self._handler_bursts = {c: BurstLog() for c in Color}
-        self._handlers: dict[str, Handler] = {
-            "hello": self._hello,
-            "heartbeat": self._heartbeat,
-            "decision": self._decision,
-            "execution": self._execution,
-            "outcome": self._outcome,
-            "error": self._error,
-            "escrow": self._escrow,
-            "context": self._context,
-            "permit": on_permit,
-            "snapshot": on_reply,
-            "restored": on_reply,
-            "mirror_result": on_reply,
-        }
+        self._subscribers: dict[str, list[Subscriber]] = {t: [] for t in MESSAGE_TYPES}
+        builtins: list[tuple[str, Subscriber]] = [
+            ("hello", self._hello),
+            ("heartbeat", self._heartbeat),
+            ("decision", self._count_decision),
+            ("execution", self._count_execution),
+            ("outcome", self._count_outcome),
+            ("error", self._log_error),
+            ("context", self._context),
+            ("permit", on_permit),
+            ("snapshot", on_reply),
+            ("restored", on_reply),
+            ("mirror_result", on_reply),
+        ]
+        for msg_type, subscriber in builtins:
+            self.subscribe(msg_type, subscriber)
+        ctx = Context(triggers, roles, children, heartbeat_timeouts, on_lookup)
+        self.evaluators: tuple[Evaluator, ...] = tuple(build(ctx) for build in evaluators)
+        for evaluator in self.evaluators:
+            for msg_type in evaluator.listens:
+                self.subscribe(msg_type, evaluator.on_event)
+        metrics.declare_triggers(
+            {name: severity.value for ev in self.evaluators for name, severity in emitted(ev)},
+            [ev.name for ev in self.evaluators],
+        )
+        self._double_spend = self.evaluator(DoubleSpendEvaluator)
+        # The parts the deployment reads: the permit records of forgotten keys are judged by
+        # double_spend.from_permit_record, and the responder lists escrow.overdue(now).
+        self.double_spend: DoubleSpend = self._double_spend.judge
+        self.escrow: EscrowGap = self.evaluator(EscrowGapEvaluator).judge
+
+    def subscribe(self, msg_type: str, subscriber: Subscriber) -> None:
+        """Call ``subscriber(child, msg)`` for every message of ``msg_type``, after those that
+        subscribed before it; a Verdict it returns goes to the responder."""
+        subscribers = self._subscribers.get(msg_type)
+        if subscribers is None:
+            raise ValueError(f"no message type {msg_type!r} (one of {', '.join(MESSAGE_TYPES)})")
+        subscribers.append(subscriber)
+
+    def evaluator(self, kind: type[E]) -> E:
+        """The registered evaluator of class ``kind``."""
+        for evaluator in self.evaluators:
+            if isinstance(evaluator, kind):
+                return evaluator
+        raise LookupError(f"no {kind.__name__} in the pipeline's registry")
 
     # the hot path -----------------------------------------------------------------------
     def handle(self, child: Child, msg: dict[str, Any]) -> None:
         self.events += 1
-        self._handlers[msg["type"]](child, msg)
+        for subscriber in self._subscribers[msg["type"]]:
+            verdict = subscriber(child, msg)
+            if verdict is not None:
+                self._on_verdict(verdict)
+
+    def _deliver(self, child: Child, msg: dict[str, Any]) -> None:
+        """A message that is not a line of the channel (not counted as an event)."""
+        for subscriber in self._subscribers[msg["type"]]:
+            verdict = subscriber(child, msg)
+            if verdict is not None:
+                self._on_verdict(verdict)
 
     def protocol_error(self, child: Child, kind: str, detail: str) -> None:
         self.metrics.protocol_errors.labels(child.color.value, kind).inc()
@@ -127,10 +200,7 @@ class Pipeline:
                 "protocol_error", kind=kind, detail=detail, suppressed_since_last=suppressed
             )
 
-    def _acting_candidate(self, color: Color) -> bool:
-        s = self.rollout.state
-        return s.candidate is color and s.active is color
-
+    # the built-in subscribers -----------------------------------------------------------
     def _hello(self, child: Child, msg: dict[str, Any]) -> None:
         caps = msg.get("capabilities")
         if caps is not None and not all(type(c) is str for c in caps):
@@ -144,66 +214,26 @@ class Pipeline:
     def _heartbeat(self, child: Child, msg: dict[str, Any]) -> None:
         child.last_heartbeat = time.monotonic()
 
-    def _role(self, color: Color) -> str:
-        """How the judging evaluators see a color: its baseline, or on trial."""
-        s = self.rollout.state
-        if color is s.candidate:
-            return "candidate" if s.active is color else "other"
-        return "stable" if color is s.stable else "other"
+    def _count_decision(self, child: Child, msg: dict[str, Any]) -> None:
+        tally, count, observe = self._decided[child.color]
+        tally.decisions += 1
+        count()
+        observe(msg["latency_ms"] / 1000.0)
 
-    def _decision(self, child: Child, msg: dict[str, Any]) -> None:
-        color = child.color
-        self.tally[color].decisions += 1
-        self.metrics.decisions[color].inc()
-        latency_ms = msg["latency_ms"]
-        self.metrics.decision_latency[color].observe(latency_ms / 1000.0)
-        verdict = self.latency.decision(color, latency_ms, time.monotonic(), self._role(color))
-        if verdict is not None:
-            self._on_verdict(verdict)
+    def _count_execution(self, child: Child, msg: dict[str, Any]) -> None:
+        tally, count = self._executed[child.color]
+        tally.executions += 1
+        count()
 
-    def _execution(self, child: Child, msg: dict[str, Any]) -> None:
-        color = child.color
-        self.tally[color].executions += 1
-        self.metrics.executions[color].inc()
-        key = msg["key"]
-        # Judged at the epoch its permit was granted at, when the daemon granted it: a flip
-        # between the permit and this report must not make one execution look like two.
-        granted = self._grants.pop(key, None)
-        epoch = granted[1] if granted and granted[0] is color else self.rollout.state.epoch
-        verdict = self.double_spend.execution(color, key, epoch, time.monotonic())
-        if verdict is not None:
-            self._on_verdict(verdict)
-        elif self.double_spend.might_have_forgotten(key):
-            self._on_lookup(color, key, epoch)  # the permit in Redis is the durable record
-
-    def _outcome(self, child: Child, msg: dict[str, Any]) -> None:
-        color = child.color
+    def _count_outcome(self, child: Child, msg: dict[str, Any]) -> None:
+        tally, observe = self._finished[child.color]
         pnl = float(msg["pnl"])
-        tally = self.tally[color]
         tally.rounds += 1
         tally.pnl += pnl
-        self.metrics.round_pnl[color].observe(pnl)
-        s = self.rollout.state
-        if color is s.stable and s.candidate is not color:
-            self.pnl.baseline_round(pnl)
-        elif color is s.candidate:
-            verdict = self.pnl.candidate_round(color, pnl)
-            if verdict is not None:
-                self._on_verdict(verdict)
+        observe(pnl)
 
-    def _error(self, child: Child, msg: dict[str, Any]) -> None:
-        color = child.color
+    def _log_error(self, child: Child, msg: dict[str, Any]) -> None:
         child.log.warning("agent_error", kind=msg["kind"], message=msg["message"][:500])
-        if not self._acting_candidate(color):
-            return  # only the candidate in charge is rolled back; stable has nowhere to go
-        verdict = critical.on_error(self.config.triggers, color, msg["kind"], msg["message"])
-        if verdict is not None:
-            self._on_verdict(verdict)
-
-    def _escrow(self, child: Child, msg: dict[str, Any]) -> None:
-        self.escrow.event(
-            child.color, msg["id"], msg["op"], msg.get("due_at"), msg.get("gap_s"), time.monotonic()
-        )
 
     def _context(self, child: Child, msg: dict[str, Any]) -> None:
         ctx = self.context.setdefault(child.color, {})
@@ -212,137 +242,89 @@ class Pipeline:
                 ctx[key] = msg[key]
 
     def granted(self, color: Color, key: str, epoch: int) -> None:
-        """The daemon granted ``key`` to ``color`` at ``epoch`` (a channel permit)."""
-        self._grants[key] = (color, epoch)
-        if len(self._grants) > MAX_PENDING_GRANTS:
-            self._grants.popitem(last=False)
+        """The deployment granted ``key`` to ``color`` at ``epoch`` (a channel permit): its
+        execution is judged at that epoch."""
+        self._double_spend.granted(color, key, epoch)
 
     # events that do not come from a line -----------------------------------------------
     def child_exited(self, child: Child, returncode: int) -> None:
-        if self._acting_candidate(child.color):
-            verdict = critical.on_exit(self.config.triggers, child.color, returncode)
-            if verdict is not None:
-                self._on_verdict(verdict)
+        """``child``'s process ended (any exit: the exit trigger judges only the color on
+        trial); delivered on the bus as an ``exit`` message."""
+        self._deliver(child, {"type": EXIT, "returncode": returncode})
 
-    def tick(self, children: dict[Color, Child], now: float) -> None:
+    def tick(self, now: float) -> None:
         """The housekeeping tick: what is judged by time rather than by events."""
-        self.check_heartbeats(children, now)
-        for verdict in (self.latency.tick(now), self.escrow.tick(now, self.rollout.state.active)):
-            if verdict is not None:
-                self._on_verdict(verdict)
-
-    def check_heartbeats(self, children: dict[Color, Child], now: float) -> None:
-        """The acting candidate's heartbeat age against its timeout."""
-        hb = self.config.triggers.heartbeat
-        for color, child in children.items():
+        for color, child in self.children.items():
             last = child.last_heartbeat
             age = 0.0 if last is None else now - last
             self.metrics.heartbeat_age.labels(color.value).set(round(age, 3))
-            if not hb.enabled or last is None or not self._acting_candidate(color):
-                continue
-            timeout = child.cfg.heartbeat_timeout_s or hb.timeout_s
-            if age > timeout:
-                self._on_verdict(critical.on_silence(color, age, timeout))
+        for evaluator in self.evaluators:
+            verdict = evaluator.tick(now)
+            if verdict is not None:
+                self._on_verdict(verdict)
 
-    def loop_stalled(self, children: dict[Color, Child], seconds: float, now: float) -> None:
+    def loop_stalled(self, seconds: float, now: float) -> None:
         """The daemon's own event loop stood still for ``seconds`` until ``now`` (a VM freeze,
         a SIGSTOP, a blocking call): the children's clocks move on by as much, so that the
         pause is never counted as their silence. Call it before the channels are read again;
         a heartbeat read afterwards sets its clock to the present anyway. No clock moves past
         ``now``: a stall spent handling a child's lines may have read its heartbeat late."""
-        for child in children.values():
+        for child in self.children.values():
             last = child.last_heartbeat
             if last is not None:
                 child.last_heartbeat = min(last + seconds, now)
-        self.escrow.paused(seconds, now)
+        for evaluator in self.evaluators:
+            evaluator.paused(seconds, now)
 
     def new_active(self, active: Color | None) -> None:
         """Who acts changed: a new candidate starts with a clean slate, and the escrows get a
         full gap of grace under their new keeper."""
-        self.pnl.reset_candidate()
-        self.latency.reset_candidate()
-        self.escrow.acting_changed(time.monotonic(), active)
+        reset = Reset("active", active, time.monotonic())
+        for evaluator in self.evaluators:
+            evaluator.reset(reset)
 
     def new_stable(self) -> None:
-        self.pnl.reset_baseline()
-        self.pnl.reset_candidate()
-        self.latency.reset_candidate()
+        """A candidate was confirmed: the baseline is the new stable color's from now on."""
+        reset = Reset("stable", self._roles.state.active, time.monotonic())
+        for evaluator in self.evaluators:
+            evaluator.reset(reset)
 
-    def trigger_states(
-        self,
-        children: dict[Color, Child],
-        fired: dict[tuple[str, Color], float],
-    ) -> dict[str, dict[str, Any]]:
+    # what is shown ------------------------------------------------------------------------
+    def trigger_states(self, fired: Mapping[tuple[str, Color], float]) -> dict[str, dict[str, Any]]:
         """Every trigger, its threshold and, for both colors, its value, state and when it
-        last fired (unix time): what ``agentsup triggers`` and the live view show."""
+        last fired (unix time): what ``agentsup triggers`` and the live view show.
+        ``fired`` is the responder's record, (trigger, color) → unix time, for the triggers
+        that do not keep their own."""
         now, wall = time.monotonic(), time.time()
-        t = self.config.triggers
         out: dict[str, dict[str, Any]] = {}
-
-        def entry(
-            name: str,
-            severity: str,
-            enabled: bool,
-            threshold: float | None,
-            colors: dict[Color, dict[str, Any]],
-        ) -> None:
+        for evaluator in self.evaluators:
+            name = evaluator.name
+            colors: dict[str, dict[str, Any]] = {}
+            for color in Color:
+                state: dict[str, Any] = dict(evaluator.state(color, now))
+                last = state["last_fired"]
+                state["last_fired"] = (
+                    wall - round(now - last, 3) if last is not None else fired.get((name, color))
+                )
+                colors[color.value] = state
             out[name] = {
-                "severity": severity,
-                "enabled": enabled,
-                "threshold": threshold,
-                "colors": {c.value: v for c, v in colors.items()},
+                "severity": evaluator.severity.value,
+                "enabled": evaluator.enabled,
+                "threshold": evaluator.threshold,
+                "colors": colors,
             }
-
-        def last(name: str, color: Color) -> float | None:
-            return fired.get((name, color))
-
-        for name, trig in (("exception", t.exception), ("auth", t.auth), ("exit", t.exit)):
-            entry(
-                name,
-                "critical",
-                trig.enabled,
-                None,
-                {
-                    c: {
-                        "value": None,
-                        "state": "fired" if last(name, c) else "ok",
-                        "last_fired": last(name, c),
-                    }
-                    for c in Color
-                },
-            )
-        hb = {}
-        for c, child in children.items():
-            age = None if child.last_heartbeat is None else round(now - child.last_heartbeat, 3)
-            timeout = child.cfg.heartbeat_timeout_s or t.heartbeat.timeout_s
-            hb[c] = {
-                "value": age,
-                "threshold": timeout,
-                "last_fired": last("heartbeat", c),
-                "state": "fired"
-                if last("heartbeat", c)
-                else ("alert" if age is not None and age > timeout else "ok"),
-            }
-        entry("heartbeat", "critical", t.heartbeat.enabled, t.heartbeat.timeout_s, hb)
-        judged: list[tuple[str, str, Callable[[Color], dict[str, Any]], bool]] = [
-            (
-                "double_spend",
-                "critical",
-                lambda c: self.double_spend.state(c, now),
-                t.double_spend.enabled,
-            ),
-            ("pnl_sigma", "high", self.pnl.state, t.pnl_sigma.enabled),
-            ("latency", "medium", lambda c: self.latency.state(c, now), t.latency.enabled),
-            ("escrow_gap", "medium", lambda c: self.escrow.state(c, now), t.escrow_gap.enabled),
-        ]
-        for name, severity, state_of, enabled in judged:
-            colors = {}
-            for c in Color:
-                st = dict(state_of(c))
-                ago = st.get("last_fired_ago_s")
-                st["last_fired"] = wall - ago if isinstance(ago, int | float) else last(name, c)
-                st.setdefault("state", "fired" if st.get("fired") else "ok")
-                colors[c] = st
-            thresholds = [v["threshold"] for v in colors.values() if v.get("threshold") is not None]
-            entry(name, severity, enabled, thresholds[0] if thresholds else None, colors)
         return out
+
+    def export_trigger_values(self) -> None:
+        """Every trigger's threshold and its value for each color, to the metrics
+        (``agentsup_trigger_threshold``, ``agentsup_trigger_value``)."""
+        now = time.monotonic()
+        metrics = self.metrics
+        for evaluator in self.evaluators:
+            name = evaluator.name
+            if evaluator.threshold is not None:
+                metrics.trigger_threshold.labels(name).set(evaluator.threshold)
+            for color in Color:
+                value = evaluator.state(color, now)["value"]
+                if value is not None:
+                    metrics.trigger_value.labels(name, color.value).set(value)

@@ -26,10 +26,12 @@ the permit ``{ns}:permit:{key}`` (``color:epoch:token``), and hands it to
 from __future__ import annotations
 
 import hashlib
-from collections import deque
-from typing import Final
+import time
+from collections import OrderedDict, deque
+from typing import Any, Final
 
 from supervisor.config import Color, DoubleSpendTrigger
+from supervisor.guard.evaluator import Context, Evaluator, Sender, TriggerState
 from supervisor.guard.verdict import Action, Severity, Verdict
 
 TRIGGER: Final = "double_spend"
@@ -37,8 +39,23 @@ TRIGGER: Final = "double_spend"
 MAX_KEY_CHARS: Final = 128
 # How much of a key goes into a message.
 SHOWN_KEY_CHARS: Final = 80
+# Channel permits granted and not yet reported executed, remembered with their epoch (bounded:
+# an agent that never reports costs nothing).
+MAX_PENDING_GRANTS: Final = 100_000
 
-StateValue = str | float | int | bool | None
+
+class DoubleSpendState(TriggerState):
+    trigger: str
+    enabled: bool
+    threshold: None
+    fired: int
+    last_fired_ago_s: float | None
+    last_key: str | None
+    keys_remembered: int
+    memory_keys: int
+    evicted: int
+    memory_complete: bool
+
 
 # The packed record of one key, low bits first: 1 bit first executor (1 = green), 1 bit each
 # "already reported against blue / green", 40 bits epoch + 1 (0: unknown), then the time of the
@@ -246,7 +263,7 @@ class DoubleSpend:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def state(self, color: Color, now: float | None = None) -> dict[str, StateValue]:
+    def state(self, color: Color, now: float | None = None) -> DoubleSpendState:
         """What ``agentsup triggers`` shows for ``color`` (times on the clock of ``now``)."""
         last = self.last_fired.get(color)
         return {
@@ -264,3 +281,45 @@ class DoubleSpend:
             "evicted": self.evicted,
             "memory_complete": self._complete,
         }
+
+
+class DoubleSpendEvaluator(Evaluator):
+    """The double_spend trigger on the pipeline: every ``execution`` judged by
+    :class:`DoubleSpend`, at the epoch its permit was granted at when the daemon granted it
+    on the channel (:meth:`granted`), else at the current epoch; a key memory may have
+    forgotten is handed to ``lookup`` (its permit in Redis is the durable record)."""
+
+    name = TRIGGER
+    severity = Severity.CRITICAL
+    listens = ("execution",)
+
+    def __init__(self, ctx: Context) -> None:
+        config = ctx.triggers.double_spend
+        # Not fresh: keys executed before this daemon started are only in Redis's permits.
+        self.judge = DoubleSpend(config, fresh=False)
+        self.enabled = config.enabled
+        self.threshold: float | None = None
+        self._roles = ctx.roles
+        self._lookup = ctx.lookup
+        self._grants: OrderedDict[str, tuple[Color, int]] = OrderedDict()
+
+    def granted(self, color: Color, key: str, epoch: int) -> None:
+        """The daemon granted ``key`` to ``color`` at ``epoch`` (a channel permit)."""
+        self._grants[key] = (color, epoch)
+        if len(self._grants) > MAX_PENDING_GRANTS:
+            self._grants.popitem(last=False)
+
+    def on_event(self, child: Sender, msg: dict[str, Any]) -> Verdict | None:
+        color = child.color
+        key = msg["key"]
+        # Judged at the epoch its permit was granted at: a flip between the permit and this
+        # report must not make one execution look like two.
+        granted = self._grants.pop(key, None)
+        epoch = granted[1] if granted and granted[0] is color else self._roles.state.epoch
+        verdict = self.judge.execution(color, key, epoch, time.monotonic())
+        if verdict is None and self.judge.might_have_forgotten(key):
+            self._lookup(color, key, epoch)
+        return verdict
+
+    def state(self, color: Color, now: float) -> DoubleSpendState:
+        return self.judge.state(color, now)

@@ -21,9 +21,11 @@ escrows (at most ``max_escrows``) happens when that moment comes.
 from __future__ import annotations
 
 import math
-from typing import Final
+import time
+from typing import Any, Final, Literal
 
 from supervisor.config import Color, EscrowGapTrigger
+from supervisor.guard.evaluator import Context, Evaluator, Reset, Sender, TriggerState
 from supervisor.guard.verdict import Action, Severity, Verdict
 
 TRIGGER: Final = "escrow_gap"
@@ -32,7 +34,18 @@ MAX_ID_CHARS: Final = 256
 # Escrows named in a verdict's message; the alert's list (``overdue``) has them all.
 SHOWN_IDS: Final = 10
 
-StateValue = str | float | int | bool | None
+
+class EscrowGapState(TriggerState):
+    trigger: str
+    enabled: bool
+    role: Literal["acting"] | None
+    threshold: float
+    fired: int
+    last_fired_ago_s: float | None
+    escrows: int
+    max_escrows: int
+    refused: int
+    ignored: int
 
 
 class _Escrow:
@@ -251,23 +264,17 @@ class EscrowGap:
     def __len__(self) -> int:
         return len(self._escrows)
 
-    def state(self, color: Color, now: float | None = None) -> dict[str, StateValue]:
+    def state(self, color: Color, now: float | None = None) -> EscrowGapState:
         """What ``agentsup triggers`` shows for ``color`` (times on the clock of ``now``).
         ``value`` is the longest the acting color has left an escrow overdue, at the last scan."""
         acting = color is self.acting
         last = self.last_fired.get(color)
         worst = self.worst_gap_s if acting else None
-        if not acting:
-            state = "ok"
-        elif worst is not None:
-            state = "fired"
-        else:
-            state = "ok"
         return {
             "trigger": TRIGGER,
             "enabled": self._enabled,
             "role": "acting" if acting else None,
-            "state": state,
+            "state": "fired" if worst is not None else "ok",
             "value": worst,
             "threshold": self._gap,
             "fired": self.fired[color],
@@ -282,3 +289,38 @@ class EscrowGap:
 
 def _describe(escrow_id: str, e: _Escrow) -> str:
     return escrow_id if e.due_at is None else f"{escrow_id} (due {e.due_at:.0f})"
+
+
+class EscrowGapEvaluator(Evaluator):
+    """The escrow_gap trigger on the pipeline: ``escrow`` events into :class:`EscrowGap`, the
+    color acting now judged on the tick, a fresh gap of grace for whoever acts after a flip."""
+
+    name = TRIGGER
+    severity = Severity.MEDIUM
+    listens = ("escrow",)
+
+    def __init__(self, ctx: Context) -> None:
+        config = ctx.triggers.escrow_gap
+        self.judge = EscrowGap(config)
+        self.enabled = config.enabled
+        self.threshold: float | None = config.gap_s
+        self._roles = ctx.roles
+
+    def on_event(self, child: Sender, msg: dict[str, Any]) -> Verdict | None:
+        self.judge.event(
+            child.color, msg["id"], msg["op"], msg.get("due_at"), msg.get("gap_s"), time.monotonic()
+        )
+        return None
+
+    def tick(self, now: float) -> Verdict | None:
+        return self.judge.tick(now, self._roles.state.active)
+
+    def reset(self, reset: Reset) -> None:
+        if reset.kind == "active":
+            self.judge.acting_changed(reset.now, reset.active)
+
+    def paused(self, seconds: float, now: float) -> None:
+        self.judge.paused(seconds, now)
+
+    def state(self, color: Color, now: float) -> EscrowGapState:
+        return self.judge.state(color, now)

@@ -19,11 +19,13 @@ promotion the stable color is the other one, and its old numbers describe anothe
 from __future__ import annotations
 
 import math
+import time
 from array import array
 from bisect import bisect_left, insort
-from typing import Final
+from typing import Any, Final, Literal
 
 from supervisor.config import Color, LatencyTrigger
+from supervisor.guard.evaluator import Context, Evaluator, Reset, Sender, Status, TriggerState
 from supervisor.guard.verdict import Action, Severity, Verdict
 
 TRIGGER: Final = "latency"
@@ -33,7 +35,21 @@ CLEAR_BELOW: Final = 0.9
 # ratio stays a finite number that JSON, the log and Prometheus can carry.
 FLOOR_MS: Final = 0.001
 
-StateValue = str | float | int | bool | None
+
+class LatencyState(TriggerState):
+    trigger: str
+    enabled: bool
+    role: Literal["stable", "candidate"] | None
+    threshold: float
+    since: float | None
+    for_s: float | None
+    persist_s: float
+    fired: int
+    last_fired_ago_s: float | None
+    stable_median_ms: float | None
+    candidate_median_ms: float | None
+    samples: int
+    min_samples: int
 
 
 class MedianWindow:
@@ -149,7 +165,8 @@ class Latency:
             self.dropped += 1
             return None
         side.push(latency_ms)
-        if len(self.candidate) < self._min or len(self.stable) < self._min:
+        # The sorted lists' len, not the windows' (a Python call each, on every decision).
+        if len(self.candidate._sorted) < self._min or len(self.stable._sorted) < self._min:
             return None
         return self._judge(now)
 
@@ -210,9 +227,10 @@ class Latency:
 
     # -- reporting ----------------------------------------------------------------------------
 
-    def state(self, color: Color, now: float | None = None) -> dict[str, StateValue]:
+    def state(self, color: Color, now: float | None = None) -> LatencyState:
         """What ``agentsup triggers`` shows for ``color``. Times are on the clock of ``now``;
         with ``now`` given, ``for_s`` and ``last_fired_ago_s`` say how long ago."""
+        role: Literal["stable", "candidate"] | None
         if color is self.candidate_color:
             role, side = "candidate", self.candidate
         elif color is self.stable_color:
@@ -220,6 +238,7 @@ class Latency:
         else:
             role, side = None, None
         judged = role == "candidate"
+        state: Status
         if not judged:
             state = "ok"
         elif self._rolled_back:
@@ -249,3 +268,34 @@ class Latency:
             "samples": len(side) if side is not None else 0,
             "min_samples": self._min,
         }
+
+
+class LatencyEvaluator(Evaluator):
+    """The latency trigger on the pipeline: each ``decision``'s latency into :class:`Latency`
+    with how the rollout judges its color; the tick rolls back an episode that lasts."""
+
+    name = TRIGGER
+    severity = Severity.MEDIUM
+    listens = ("decision",)
+
+    def __init__(self, ctx: Context) -> None:
+        config = ctx.triggers.latency
+        self.judge = Latency(config)
+        self.enabled = config.enabled
+        self.threshold: float | None = config.ratio
+        # Bound once: this runs for every decision.
+        self._decision = self.judge.decision
+        self._judged = ctx.roles.judged
+
+    def on_event(self, child: Sender, msg: dict[str, Any]) -> Verdict | None:
+        color = child.color
+        return self._decision(color, msg["latency_ms"], time.monotonic(), self._judged(color))
+
+    def tick(self, now: float) -> Verdict | None:
+        return self.judge.tick(now)
+
+    def reset(self, reset: Reset) -> None:
+        self.judge.reset_candidate()  # the stable side outlives candidates (and follows color)
+
+    def state(self, color: Color, now: float) -> LatencyState:
+        return self.judge.state(color, now)

@@ -56,9 +56,10 @@ from __future__ import annotations
 
 import math
 from array import array
-from typing import Final, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from supervisor.config import Color, PnlSigmaTrigger
+from supervisor.guard.evaluator import Context, Evaluator, Reset, Sender, TriggerState
 from supervisor.guard.verdict import Action, Severity, Verdict
 
 TRIGGER: Final = "pnl_sigma"
@@ -66,6 +67,21 @@ OK_TRIGGER: Final = "pnl_ok"
 # A healthy candidate is worth a log line now and then, not on every round.
 OK_EVERY: Final = 100
 OK_BELOW_SIGMA: Final = 1.0
+
+
+class PnlSigmaState(TriggerState):
+    trigger: str
+    enabled: bool
+    detector: str
+    role: Literal["stable", "candidate"] | None
+    threshold: float
+    rounds: int
+    fired: bool
+    deviation_sigma: float | None
+    baseline_source: str
+    baseline_mean: float | None
+    baseline_std: float | None
+    baseline_rounds: int
 
 
 class BaselineStats:
@@ -434,8 +450,9 @@ class PnlSigma:
 
     # -- reporting ----------------------------------------------------------------------------
 
-    def state(self, color: Color) -> dict[str, str | float | int | bool | None]:
-        """What ``agentsup triggers`` shows for ``color``: the numbers behind the judgement."""
+    def state(self, color: Color) -> PnlSigmaState:
+        """What ``agentsup triggers`` shows for ``color``: the numbers behind the judgement.
+        ``last_fired`` is not known here (the pipeline has it from the responder)."""
         source = self._baseline_source()
         if source == "stable":
             mean: float | None = self.baseline.mean
@@ -445,6 +462,7 @@ class PnlSigma:
         else:
             mean = std = None
         judged = color is self.candidate
+        fired = self.fired if judged else False
         return {
             "trigger": TRIGGER,
             "enabled": self._enabled,
@@ -453,7 +471,7 @@ class PnlSigma:
             "value": self.detector.value if judged else None,
             "threshold": self.detector.threshold,
             "rounds": self.rounds if judged else 0,
-            "fired": self.fired if judged else False,
+            "fired": fired,
             "deviation_sigma": (
                 (self._recent.mean - mean) / std
                 if judged and self._recent.full and mean is not None and std
@@ -463,4 +481,43 @@ class PnlSigma:
             "baseline_mean": mean,
             "baseline_std": std,
             "baseline_rounds": self.baseline.count,
+            "last_fired": None,
+            "state": "fired" if fired else "ok",
         }
+
+
+class PnlSigmaEvaluator(Evaluator):
+    """The pnl_sigma trigger on the pipeline: each ``outcome`` of the stable color adds to the
+    baseline, each of the candidate on trial is judged (and now and then said healthy)."""
+
+    name = TRIGGER
+    severity = Severity.HIGH
+    listens = ("outcome",)
+    emits = ((TRIGGER, Severity.HIGH), (OK_TRIGGER, Severity.LOW))
+
+    def __init__(self, ctx: Context) -> None:
+        config = ctx.triggers.pnl_sigma
+        self.judge = PnlSigma(config)
+        self.enabled = config.enabled
+        self.threshold: float | None = self.judge.detector.threshold
+        # Bound once: this runs for every round.
+        self._judged = ctx.roles.judged
+        self._baseline_round = self.judge.baseline_round
+        self._candidate_round = self.judge.candidate_round
+
+    def on_event(self, child: Sender, msg: dict[str, Any]) -> Verdict | None:
+        color = child.color
+        judged = self._judged(color)
+        if judged == "stable":
+            self._baseline_round(float(msg["pnl"]))
+        elif judged == "candidate":
+            return self._candidate_round(color, float(msg["pnl"]))
+        return None
+
+    def reset(self, reset: Reset) -> None:
+        if reset.kind == "stable":
+            self.judge.reset_baseline()  # the baseline is another color's rounds from now on
+        self.judge.reset_candidate()
+
+    def state(self, color: Color, now: float) -> PnlSigmaState:
+        return self.judge.state(color)
