@@ -20,19 +20,19 @@ import contextlib
 import os
 import socket
 import struct
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from supervisor.control.commands import COMMANDS
+from supervisor.control.context import Context
 from supervisor.errors import Refused, SupervisorError
 from supervisor.identity import Lineage, lineage
 from supervisor.logs import get as get_logger
-
-if TYPE_CHECKING:
-    from supervisor.daemon import Daemon
+from supervisor.metrics import Metrics
 
 log = get_logger("control")
 
@@ -62,13 +62,25 @@ def error(code: str, message: str) -> dict[str, Any]:
 
 
 class ControlServer:
-    def __init__(self, daemon: Daemon, path: Path, mode: int, allowed_uids: list[int]) -> None:
-        self.daemon = daemon
+    """The socket, its door (uid, then lineage) and the dispatch of each request to its
+    command, which runs against ``context(by)``: what the daemon lets commands see, for the
+    operator ``by`` (``uid:N``). The server knows nothing else of the daemon."""
+
+    def __init__(
+        self,
+        context: Callable[[str], Context],
+        metrics: Metrics,
+        path: Path,
+        mode: int,
+        allowed_uids: Iterable[int],
+    ) -> None:
+        self.context = context
+        self.metrics = metrics
         self.path = path
         self.mode = mode
         self.allowed = {0, os.getuid(), *allowed_uids}
         # Exported at 0 from the start, so that an alert on its increase has a baseline.
-        daemon.metrics.control_refused.labels("child")
+        metrics.control_refused.labels("child")
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[Any]] = set()
 
@@ -114,7 +126,7 @@ class ControlServer:
         task = asyncio.current_task()
         assert task is not None
         self._conns.add(task)
-        metrics = self.daemon.metrics
+        metrics = self.metrics
         try:
             sock = writer.get_extra_info("socket")
             pid, uid = peer_uid(sock)
@@ -161,7 +173,7 @@ class ControlServer:
         if kin in (Lineage.OUTSIDE, Lineage.OWN):
             return True
         reason = "child" if kin is Lineage.CHILD else "unverified"
-        self.daemon.metrics.control_refused.labels(reason).inc()
+        self.metrics.control_refused.labels(reason).inc()
         log.warning("control_refused", reason=reason, peer_pid=pid, peer_uid=uid)
         message = (
             "a supervised child may not control its supervisor"
@@ -185,7 +197,7 @@ class ControlServer:
         await writer.drain()
 
     async def _handle(self, line: bytes, uid: int) -> dict[str, Any]:
-        metrics = self.daemon.metrics
+        metrics = self.metrics
         try:
             request = Request.model_validate(orjson.loads(line))
         except (orjson.JSONDecodeError, ValidationError) as exc:
@@ -204,7 +216,7 @@ class ControlServer:
             metrics.control_refused.labels("bad_request").inc()
             return error("bad_request", f"{request.cmd}: {_short(exc)}")
         try:
-            result = await command.run(self.daemon, args, by=f"uid:{uid}")
+            result = await command.run(self.context(f"uid:{uid}"), args)
         except Refused as exc:
             metrics.control_requests.labels(request.cmd, "refused").inc()
             return error(exc.code, str(exc))

@@ -46,11 +46,12 @@ from rich.styled import Styled
 from rich.table import Table
 from rich.text import Text
 
-from supervisor.cli import render_status, span
+from supervisor.config import Color
 from supervisor.control.client import request
+from supervisor.control.views import render_status, span
 from supervisor.errors import ControlUnreachable, Refused
 
-COLORS = ("blue", "green")
+COLORS = tuple(Color)
 # Long enough for a daemon busy committing a flip; short enough that a hung daemon (stopped,
 # or stuck) turns into the reconnecting banner instead of a frozen screen.
 REQUEST_TIMEOUT_S = 5.0
@@ -60,8 +61,9 @@ RATE_WINDOW_S = 3.0
 # The least a wrapping column (a flip's reason) is given before other columns are left out.
 WRAP_MIN_WIDTH = 24
 
-COLOR_STYLE = {"blue": "bold bright_blue", "green": "bold green"}
-BADGE_STYLE = {"blue": "bold white on blue", "green": "bold black on green"}
+# Keyed by Color, looked up by the plain strings of a status object (a StrEnum equals its value).
+COLOR_STYLE: dict[str, str] = {Color.BLUE: "bold bright_blue", Color.GREEN: "bold green"}
+BADGE_STYLE: dict[str, str] = {Color.BLUE: "bold white on blue", Color.GREEN: "bold black on green"}
 CHILD_STATE_STYLE = {
     "RUNNING": "bold green",
     "STARTING": "yellow",
@@ -99,7 +101,9 @@ class DecisionRate:
 
     def add(self, at: float, status: Mapping[str, Any]) -> None:
         children = status.get("children") or {}
-        counts = {c: int((children.get(c) or {}).get("decisions") or 0) for c in COLORS}
+        counts: dict[str, int] = {
+            c: int((children.get(c) or {}).get("decisions") or 0) for c in COLORS
+        }
         daemon = status.get("pid")
         last = self._samples[-1][1] if self._samples else None
         if daemon != self._daemon or (last and any(counts[c] < last[c] for c in COLORS)):

@@ -1,13 +1,24 @@
-"""One module per control command; each module's docstring documents its message.
+"""The control commands: one module each, holding both halves of its command (the CLI's
+arguments, help and printing, and the daemon's ``Args`` and ``run``); each module's docstring
+documents its message. :mod:`supervisor.control.commands.base` says what a module declares,
+with a whole example.
 
-A command module has an ``Args`` pydantic model (validated before anything runs) and
-``async def run(daemon, args, *, by) -> result``; ``by`` names the operator (``uid:N``) for
-the flip record. Refusals raise :class:`supervisor.errors.Refused` with a stable code.
+``COMMANDS`` is the registry both sides read: the CLI builds one subcommand per entry, in this
+order (the order of ``agentsup --help``), and the server looks the request's ``cmd`` up in it.
+Adding a command is its module and one line here.
+
+>>> list(COMMANDS)
+['status', 'switch', 'confirm', 'rollback', 'restart', 'shutdown', 'triggers']
+>>> import argparse
+>>> COMMANDS["switch"].request(argparse.Namespace(color="green"))
+{'color': 'green'}
+>>> COMMANDS["rollback"].Args.model_validate({"reason": "PnL looks off"}).reason
+'PnL looks off'
 """
 
 from __future__ import annotations
 
-from types import ModuleType
+from typing import Any
 
 from supervisor.control.commands import (
     confirm,
@@ -18,13 +29,17 @@ from supervisor.control.commands import (
     switch,
     triggers,
 )
+from supervisor.control.commands.base import Command
 
-COMMANDS: dict[str, ModuleType] = {
-    "status": status,
-    "switch": switch,
-    "confirm": confirm,
-    "rollback": rollback,
-    "restart": restart,
-    "shutdown": shutdown,
-    "triggers": triggers,
+COMMANDS: dict[str, Command[Any]] = {
+    command.name: command
+    for command in (
+        status.COMMAND,
+        switch.COMMAND,
+        confirm.COMMAND,
+        rollback.COMMAND,
+        restart.COMMAND,
+        shutdown.COMMAND,
+        triggers.COMMAND,
+    )
 }

@@ -6,15 +6,14 @@ Refused: ``not_fatal`` (the color is being supervised already).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import argparse
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from supervisor.config import Color
-from supervisor.errors import Refused
-
-if TYPE_CHECKING:
-    from supervisor.daemon import Daemon
+from supervisor.control.commands.base import COLOR_CHOICES, Command
+from supervisor.control.context import Context
 
 
 class Args(BaseModel):
@@ -22,8 +21,29 @@ class Args(BaseModel):
     color: Color
 
 
-async def run(daemon: Daemon, args: Args, *, by: str) -> dict[str, Any]:
-    child = daemon.children[args.color]
-    if not child.revive():
-        raise Refused("not_fatal", f"{args.color} is {child.state.value}; only FATAL restarts")
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("color", choices=COLOR_CHOICES)
+
+
+def request(ns: argparse.Namespace) -> dict[str, Any]:
+    return {"color": ns.color}
+
+
+async def run(ctx: Context, args: Args) -> dict[str, Any]:
+    ctx.deployment.restart(args.color)
     return {"color": args.color.value, "state": "STARTING"}
+
+
+def show(r: dict[str, Any], ns: argparse.Namespace) -> str:
+    return f"restarting {r['color']}"
+
+
+COMMAND = Command(
+    "restart",
+    "start a FATAL color again",
+    Args,
+    run,
+    arguments=arguments,
+    request=request,
+    show=show,
+)

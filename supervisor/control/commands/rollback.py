@@ -7,13 +7,14 @@ An operator's rollback does not reject the candidate's version; an automatic one
 
 from __future__ import annotations
 
+import argparse
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-if TYPE_CHECKING:
-    from supervisor.daemon import Daemon
+from supervisor.control.commands.base import Command
+from supervisor.control.context import Context
 
 
 class Args(BaseModel):
@@ -21,12 +22,34 @@ class Args(BaseModel):
     reason: str | None = Field(None, max_length=500)
 
 
-async def run(daemon: Daemon, args: Args, *, by: str) -> dict[str, Any]:
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reason", help="recorded with the flip")
+
+
+def request(ns: argparse.Namespace) -> dict[str, Any]:
+    return {"reason": ns.reason} if ns.reason else {}
+
+
+async def run(ctx: Context, args: Args) -> dict[str, Any]:
     reason = f"manual: {args.reason}" if args.reason else "manual"
-    change = await daemon.rollout.rollback(reason, by, trigger="manual", started=time.monotonic())
-    assert change is not None
+    change = await ctx.deployment.rollback(reason, ctx.by, time.monotonic())
     return {
         "active": change.active.value if change.active else None,
         "epoch": change.epoch,
         "reason": reason,
     }
+
+
+def show(r: dict[str, Any], ns: argparse.Namespace) -> str:
+    return f"rolled back: {r['active']} is in charge at epoch {r['epoch']} ({r['reason']})"
+
+
+COMMAND = Command(
+    "rollback",
+    "return control to the stable color now",
+    Args,
+    run,
+    arguments=arguments,
+    request=request,
+    show=show,
+)

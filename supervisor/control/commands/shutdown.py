@@ -5,18 +5,26 @@ Request: ``{"cmd": "shutdown"}``. Result: ``{"stopping": true}``, sent before th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import argparse
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-if TYPE_CHECKING:
-    from supervisor.daemon import Daemon
+from supervisor.control.commands.base import Command
+from supervisor.control.context import Context
 
 
 class Args(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-async def run(daemon: Daemon, args: Args, *, by: str) -> dict[str, Any]:
-    daemon.request_shutdown(f"control ({by})")
+async def run(ctx: Context, args: Args) -> dict[str, Any]:
+    ctx.request_shutdown(f"control ({ctx.by})")
     return {"stopping": True}
+
+
+def show(r: dict[str, Any], ns: argparse.Namespace) -> str:
+    return "the daemon is stopping"
+
+
+COMMAND = Command("shutdown", "stop the daemon (as SIGTERM does)", Args, run, show=show)

@@ -1,24 +1,24 @@
-"""``status``: the daemon's state.
+"""``status [--json] [--watch]``: the daemon's state.
 
-Request: ``{"cmd": "status"}``. Result: ``active``, ``epoch``, ``stable``, ``candidate``,
+Request: ``{"cmd": "status", "args": {"flips": 10}}`` (``flips``, optional: how many of the
+latest flips to include, 0 to 100). Result: ``active``, ``epoch``, ``stable``, ``candidate``,
 ``mode``, ``redis`` ("up"/"down"), ``children`` (per color: state, pid, version, role,
 uptime_s, restarts, protocol), ``flips`` (the latest, newest first), and more.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import time
-from typing import TYPE_CHECKING, Any
+import argparse
+from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from redis.exceptions import RedisError
 
-from supervisor import __version__
+from supervisor.control.commands.base import Command, as_indented_json, ask
+from supervisor.control.context import Context
+from supervisor.control.views import render_status
 
-if TYPE_CHECKING:
-    from supervisor.daemon import Daemon
+MAX_FLIPS = 100  # a status is a glance, not the stream's history
 
 
 class Args(BaseModel):
@@ -26,49 +26,35 @@ class Args(BaseModel):
     flips: int = 10
 
 
-async def run(daemon: Daemon, args: Args, *, by: str) -> dict[str, Any]:
-    return await build(daemon, max(0, min(args.flips, 100)))
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the status object as JSON")
+    parser.add_argument("--watch", action="store_true", help="a live view (Ctrl-C to leave)")
 
 
-async def build(daemon: Daemon, flips: int) -> dict[str, Any]:
-    """The status object: the rollout, both children, the latest flips, the triggers."""
-    now = time.monotonic()
-    children = {}
-    for color, child in daemon.children.items():
-        told = daemon.told[color]
-        hb = child.last_heartbeat
-        children[color.value] = {
-            "state": child.state.value,
-            "pid": child.pid,
-            "version": child.cfg.version,
-            "role": told[0] if told else daemon.rollout.role_of(color),
-            "told_epoch": told[1] if told else None,
-            "uptime_s": round(child.uptime, 3) if child.uptime is not None else None,
-            "restarts": child.restarts,
-            "last_exit": child.last_exit,
-            "protocol": child.speaks_protocol,
-            "heartbeat_age_s": round(now - hb, 3) if hb is not None else None,
-            **daemon.pipeline.tally[color].as_dict(),
-        }
-    recent: list[dict[str, str]] = []
-    if daemon.redis_is_up and flips:
-        with contextlib.suppress(RedisError, OSError):
-            recent = await daemon.arbiter.flips(flips)
-    return {
-        **daemon.rollout.describe(),
-        "name": daemon.config.supervisor.name,
-        "namespace": daemon.config.supervisor.namespace,
-        "redis": "up" if daemon.redis_is_up else "down",
-        "children": children,
-        "flips": recent,
-        "events": daemon.pipeline.events,
-        "pid": os.getpid(),
-        "version": __version__,
-        "uptime_s": round(now - daemon.started_at, 3),
-        "probation_s": daemon.config.rollout.probation_s,
-        # None while state_dir takes writes; else what failed (flips past the reservation and
-        # permits that cannot be journaled are refused meanwhile).
-        "state_write_error": daemon.state_write_error,
-        "lease": "held" if daemon.arbiter.holds_lease and not daemon.fenced_self else "lost",
-        "triggers": daemon.pipeline.trigger_states(daemon.children, daemon.respond.fired),
-    }
+async def run(ctx: Context, args: Args) -> dict[str, Any]:
+    return await ctx.deployment.status(max(0, min(args.flips, MAX_FLIPS)))
+
+
+def show(result: dict[str, Any], ns: argparse.Namespace) -> str:
+    return as_indented_json(result) if ns.json else render_status(result)
+
+
+def cli(command: Command[Any], ns: argparse.Namespace, path: Path) -> int:
+    if ns.watch:
+        # Imported here: rich is for the live view only, and every other command starts
+        # faster without it.
+        from supervisor.control.watch import watch
+
+        return watch(path)
+    return ask(command, ns, path)
+
+
+COMMAND = Command(
+    "status",
+    "who acts, the epoch, both children, the latest flips",
+    Args,
+    run,
+    arguments=arguments,
+    show=show,
+    cli=cli,
+)

@@ -8,16 +8,15 @@ RUNNING: switching to it would leave no one able to act).
 
 from __future__ import annotations
 
+import argparse
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from supervisor.config import Color
-from supervisor.errors import Refused
-
-if TYPE_CHECKING:
-    from supervisor.daemon import Daemon
+from supervisor.control.commands.base import COLOR_CHOICES, Command
+from supervisor.control.context import Context
 
 
 class Args(BaseModel):
@@ -25,14 +24,35 @@ class Args(BaseModel):
     color: Color
 
 
-async def run(daemon: Daemon, args: Args, *, by: str) -> dict[str, Any]:
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("color", choices=COLOR_CHOICES)
+
+
+def request(ns: argparse.Namespace) -> dict[str, Any]:
+    return {"color": ns.color}
+
+
+async def run(ctx: Context, args: Args) -> dict[str, Any]:
+    # Taken before the deployment's lock: the flip's latency includes waiting for it.
     started = time.monotonic()
-    child = daemon.children[args.color]
-    if child.state.value != "RUNNING":
-        raise Refused("not_running", f"{args.color} is {child.state.value}, not RUNNING")
-    change = await daemon.rollout.switch(args.color, by, started)
+    change = await ctx.deployment.switch(args.color, ctx.by, started)
     return {
         "active": args.color.value,
         "epoch": change.epoch,
         "previous": change.previous.value if change.previous else None,
     }
+
+
+def show(r: dict[str, Any], ns: argparse.Namespace) -> str:
+    return f"switched: {r['active']} is in charge at epoch {r['epoch']} (was {r['previous']})"
+
+
+COMMAND = Command(
+    "switch",
+    "put COLOR in charge (as candidate, on probation)",
+    Args,
+    run,
+    arguments=arguments,
+    request=request,
+    show=show,
+)
