@@ -396,3 +396,41 @@ async def test_an_operator_set_after_a_quick_redis_restart_is_adopted_without_th
         flip = await d.wait_log("flip", reason="external", since=mark, timeout=20)
         assert flip["active"] == "green"
         await wait_told(d, "green", "active", since=mark)
+
+
+async def test_a_crash_then_redis_from_an_older_dump_never_lowers_a_told_epoch(
+    redis_server: RedisServer, orders: Path
+) -> None:
+    """The chaos run's find: the children were told a high epoch (an operator's INCRBY), the
+    daemon died before writing state.json, and Redis came back from a dump taken before the
+    INCRBY. The next daemon must still tell a higher epoch than any told before (epoch.told,
+    written before every push, survives the kill)."""
+    async with running_daemon(
+        redis_url=redis_server.url,
+        blue=order_agent("1.0.0", orders),
+        green=order_agent("2.0.0", orders),
+        sections={"redis": {"reconcile_interval_s": 0.2}},
+    ) as d:
+        await both_speaking(d)
+        await wait_told(d, "blue", "active")
+        redis_server.cli("SAVE")
+        redis_server.cli("INCRBY", "t:epoch", "5000")
+        adopted = await d.wait_log("epoch_adopted")
+        told = await d.wait_log(
+            "child_output",
+            color="blue",
+            where=lambda r: r.get("line") == f"role active {adopted['epoch']}",
+        )
+        assert told
+        d.expected_exit = -signal.SIGKILL
+        await d.signal(signal.SIGKILL)
+        await d.wait()
+        (d.state_dir / "state.json").unlink(missing_ok=True)  # as if never written
+        redis_server.stop(signal.SIGKILL)
+        redis_server.start()  # from the dump: the epoch before the INCRBY
+        again = DaemonProcess(d.dir, d.config, d.env)
+        await again.start()
+        await both_speaking(again)
+        now = await wait_told(again, "blue", "active")
+        assert now > adopted["epoch"]
+        await again.stop()

@@ -36,6 +36,7 @@ from supervisor.arbiter.durable import (
     Grant,
     KnownState,
     PermitJournal,
+    ToldMark,
     write_atomically,
 )
 from supervisor.errors import LeaseLost, RedisUnavailable
@@ -142,10 +143,11 @@ class Arbiter:
         self.journal = PermitJournal(state_dir / "permits.journal")
         self._state_path = state_dir / "state.json"
         self.known = KnownState.load(self._state_path)
+        self.told = ToldMark(state_dir / "epoch.told")
         self.permit_ttl_s = permit_ttl_s
         self.permit_ttl_ms = str(permit_ttl_s * 1000)
         # The highest epoch and grant sequence this process has seen (Redis must not be behind).
-        self.seen = self.known.epoch if self.known else 0
+        self.seen = max(self.known.epoch if self.known else 0, self.told.value)
         self.seq = self.known.seq if self.known else 0
         self.replica_count = 0  # refreshed by the daemon at start and after each reconnect
         from supervisor.children.process import start_time_of
@@ -178,6 +180,13 @@ class Arbiter:
         """Open the journal; the highest sequence in it is a floor Redis must not be under."""
         self.journal.open()
         self.seq = max(self.seq, self.journal.highest_seq())
+
+    def telling(self, epoch: int) -> None:
+        """Called before an epoch is pushed to a child: the told mark rises first."""
+        try:
+            self.told.write(epoch)
+        except DurableWriteError as exc:
+            self.on_write_failure("epoch", exc)
 
     async def reserve(self, epoch: int) -> None:
         """Raise the on-disk ceiling to cover ``epoch`` before anyone hears of it."""
@@ -400,10 +409,13 @@ class Arbiter:
 
     # the lease --------------------------------------------------------------------------
     async def _lease_gone(self, holder: str) -> None:
-        """A script found the lease not ours. Nobody's (Redis lost it: restarted, flushed):
-        take it again and go on. Someone else's: :class:`LeaseLost`."""
-        if holder == "" and self.lease_ttl_s is not None:
+        """A script found the lease not ours. Nobody's (Redis lost it: restarted, flushed),
+        or a dead daemon's of this host (Redis restored from a dump taken before we took it
+        over): take it again and go on. A live one's: :class:`LeaseLost`."""
+        if self.lease_ttl_s is not None:
             found = await self.take_lease(self.lease_ttl_s)
+            if found is not None and found.is_dead_here():
+                found = await self.take_lease(self.lease_ttl_s, replace=found.raw)
             if found is None:
                 return
             holder = found.raw

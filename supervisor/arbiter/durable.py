@@ -9,6 +9,8 @@ flushed, or replaced by an empty one. The supervisor never trusts it over these 
   So a flip costs no fsync, yet after a Redis that came back empty the next epoch starts above
   the ceiling and is still higher than anything a child holds. One fsync per
   :data:`RESERVE_BLOCK` flips.
+- ``epoch.told``: the highest epoch any child was told, written (not fsynced) before each
+  push: a Redis behind it is a Redis that went back in time.
 - ``state.json``: the rollout as the daemon last knew it (who acts, stable, candidate, the
   rejected versions, the epoch, the highest grant sequence number). Written in the
   background after every change; read at start when Redis turns out to be behind it.
@@ -97,6 +99,36 @@ class EpochReservation:
         ceiling = epoch + RESERVE_BLOCK
         write_atomically(self.path, f"{ceiling}\n".encode())
         self.ceiling = ceiling
+
+
+class ToldMark:
+    """The highest epoch a child was told: ``epoch.told``, overwritten in place before every
+    push of a new epoch. No fsync (a flip must not wait for the disk): it is in the page cache
+    when the push goes out, so it survives the daemon's ``kill -9``, which is what lets the
+    next daemon see that a Redis restored from an older dump is behind what its children
+    heard. (A host that loses power loses it; the reservation, fsynced, still bounds it.)"""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.value = EpochReservation(path).ceiling  # same format: one integer
+        self._fd: int | None = None
+
+    def write(self, epoch: int) -> None:
+        """Raises :class:`DurableWriteError`."""
+        if epoch <= self.value:
+            return
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.pwrite(self._fd, f"{epoch:020d}\n".encode(), 0)
+        except OSError as exc:
+            raise DurableWriteError(f"{self.path}: {exc.strerror or exc}") from exc
+        self.value = epoch
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 @dataclass
