@@ -162,18 +162,18 @@ async def flips(directory: Path, n: int, permits: int) -> dict[str, Any]:
     daemon = Daemon(daemon_config(directory, permits))
     runner = asyncio.create_task(daemon.run())
     committed: dict[int, float] = {}
-    original = daemon.rollout._on_change
+    original = daemon.deployment.rollout._on_change
 
     def on_change(change: Any) -> None:  # instrumentation: when the flip came back from Redis
         committed[change.epoch] = time.monotonic()
         original(change)
 
-    daemon.rollout._on_change = on_change
+    daemon.deployment.rollout._on_change = on_change
     out: dict[str, Any] = {"set": [], "trigger_commit": [], "trigger_told": []}
     try:
         async with asyncio.timeout(30):
             while not daemon.ready.is_set() or not all(
-                c.speaks_protocol for c in daemon.children.values()
+                c.speaks_protocol for c in daemon.deployment.children.values()
             ):
                 await asyncio.sleep(0.01)
         if permits:
@@ -184,18 +184,18 @@ async def flips(directory: Path, n: int, permits: int) -> dict[str, Any]:
         client = Redis.from_url(
             daemon.config.redis_url(), username=auth.get("username"), password=auth.get("password")
         )
-        green = daemon.children[Color.GREEN]
+        green = daemon.deployment.children[Color.GREEN]
         key = daemon.config.redis.active_key
         for _ in range(n):
             # An operator's SET: green takes over (adopted as a switch, epoch +1).
-            expected = daemon.rollout.state.epoch + 1
+            expected = daemon.deployment.rollout.state.epoch + 1
             t0 = time.monotonic()
             await client.set(key, "green")
             out["set"].append((await inbox.both_told(expected) - t0) * 1000)
             # Green reports an unhandled exception: the critical trigger rolls back.
-            expected = daemon.rollout.state.epoch + 1
+            expected = daemon.deployment.rollout.state.epoch + 1
             t0 = time.monotonic()
-            daemon.pipeline.handle(
+            daemon.deployment.pipeline.handle(
                 green, {"type": "error", "kind": "exception", "message": "bench"}
             )
             told = await inbox.both_told(expected)
@@ -253,7 +253,7 @@ def pipeline_throughput(events: int) -> dict[str, float]:
     directory = Path(tempfile.mkdtemp(prefix="asb-", dir="/tmp"))
     try:
         daemon = Daemon(daemon_config(directory, 0))
-        child = daemon.children[Color.BLUE]
+        child = daemon.deployment.children[Color.BLUE]
         line = (
             orjson.dumps(
                 {
@@ -288,7 +288,7 @@ def pipeline_throughput(events: int) -> dict[str, float]:
                     orjson.loads(part)
 
         full = ChannelProtocol(
-            lambda m: daemon.pipeline.handle(child, m), lambda k, d: None, lambda: None
+            lambda m: daemon.deployment.pipeline.handle(child, m), lambda k, d: None, lambda: None
         )
         result = {"split": run(Split()), "parse": run(Parse())}
         before = rss_mb()

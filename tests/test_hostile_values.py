@@ -339,12 +339,12 @@ async def drive(
     daemon = Daemon(daemon_config(directory, redis_url))
     try:
         if candidate:  # green on probation and in charge: its rounds and latencies are judged
-            s = daemon.rollout.state
+            s = daemon.deployment.rollout.state
             s.active = s.candidate = Color.GREEN
-        child = daemon.children[color]
+        child = daemon.deployment.children[color]
         channel = ChannelProtocol(
-            lambda m: daemon.pipeline.handle(child, m),
-            lambda k, d: daemon.pipeline.protocol_error(child, k, d),
+            lambda m: daemon.deployment.pipeline.handle(child, m),
+            lambda k, d: daemon.deployment.pipeline.protocol_error(child, k, d),
             lambda: None,
         )
         stream = b"".join(line + b"\n" for line, _, _ in batch)
@@ -354,12 +354,12 @@ async def drive(
 
         kinds = [expected_kind(*item) for item in batch]
         handled = kinds.count(None)
-        assert daemon.pipeline.events == handled
+        assert daemon.deployment.pipeline.events == handled
         sample = daemon.metrics.registry.get_sample_value
         for kind in protocol.ERROR_KINDS:
             counted = sample("agentsup_protocol_errors_total", {"color": color.value, "kind": kind})
             assert counted == kinds.count(kind), (kind, [k for k in kinds if k])
-        tally = daemon.pipeline.tally[color]
+        tally = daemon.deployment.pipeline.tally[color]
         assert tally.rounds == sum(
             1 for (_, t, _), k in zip(batch, kinds, strict=True) if t == "outcome" and k is None
         )
@@ -368,10 +368,7 @@ async def drive(
             1 for (_, t, _), k in zip(batch, kinds, strict=True) if t == "decision" and k is None
         )
     finally:
-        tasks = list(daemon._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await daemon.tasks.cancel_jobs()  # the permits the property asked for
         await daemon.redis.aclose()
         shutil.rmtree(directory, ignore_errors=True)
 

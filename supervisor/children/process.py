@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from enum import StrEnum
@@ -43,6 +44,7 @@ from supervisor.children.proctable import ProcessTable, kill_all
 from supervisor.children.proctable import start_time_of as start_time_of
 from supervisor.children.reaper import spawning
 from supervisor.config import AgentSection, Color
+from supervisor.errors import SupervisorError
 from supervisor.logs import get as get_logger
 
 _PR_SET_PDEATHSIG = 1
@@ -64,6 +66,13 @@ class ChildState(StrEnum):
     STOPPING = "STOPPING"  # SIGTERM sent to the group; waiting for it to exit
     EXITED = "EXITED"  # just exited (passes on to BACKOFF, FATAL or STOPPED)
     FATAL = "FATAL"  # restarted too often; left down until an operator acts
+
+
+class ChildUnavailable(SupervisorError):
+    """A request to a child that cannot be answered: it does not speak the protocol, or its
+    channel closed (it exited) first."""
+
+    code = "child_unavailable"
 
 
 class _Exited(Exception):
@@ -118,6 +127,7 @@ class Child:
         self._revive = asyncio.Event()
         self._exits: deque[float] = deque()
         self._pumps: list[asyncio.Task[None]] = []
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}  # request_id -> reply
         self.log = get_logger("child", color=color.value, version=cfg.version)
 
     # state ------------------------------------------------------------------------------
@@ -142,6 +152,40 @@ class Child:
         if channel is None or self.hello is None:
             return False
         return channel.send(msg)
+
+    async def request(self, msg: dict[str, Any], timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
+        """Send ``msg`` and wait for the child's reply carrying the same ``request_id`` (one
+        is made when ``msg`` has none): a ``snapshot`` for a ``snapshot_request``, a
+        ``restored`` for a ``restore``, a ``mirror_result`` for a ``mirror``.
+
+        Raises :class:`ChildUnavailable` when the child does not speak the protocol, its
+        channel closes or it exits before answering, and ``TimeoutError`` after ``timeout``::
+
+            reply = await child.request({"type": "snapshot_request"}, timeout=5.0)
+        """
+        request_id = msg.setdefault("request_id", uuid.uuid4().hex)
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = waiter
+        try:
+            if not self.send(msg):
+                raise ChildUnavailable(f"{self.color} does not take requests now")
+            async with asyncio.timeout(timeout):
+                return await waiter
+        finally:
+            self._waiting.pop(request_id, None)
+
+    def resolve(self, reply: dict[str, Any]) -> bool:
+        """Hand a reply to the request waiting for it; False when none is (unsolicited)."""
+        waiter = self._waiting.get(reply.get("request_id"))  # type: ignore[arg-type]
+        if waiter is None or waiter.done():
+            return False
+        waiter.set_result(reply)
+        return True
+
+    def _fail_requests(self, why: str) -> None:
+        for waiter in self._waiting.values():
+            if not waiter.done():
+                waiter.set_exception(ChildUnavailable(why))
 
     def said_hello(self, msg: dict[str, Any]) -> None:
         self.hello = msg
@@ -319,6 +363,7 @@ class Child:
         self._on_state(self)  # same state, new pid: the daemon records it
 
     def _channel_closed(self) -> None:
+        self._fail_requests(f"{self.color}'s channel closed")
         if self.hello is not None:
             self.log.info("channel_closed")
 

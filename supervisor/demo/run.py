@@ -17,13 +17,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from supervisor import config, logs
 from supervisor.config import Color
-from supervisor.daemon import Daemon
+
+if TYPE_CHECKING:
+    from supervisor.daemon import Daemon
 
 BLUE_ROUNDS = 20  # rounds blue plays before the switch
 BUG_AFTER = 8  # green's bug fires on its ninth round in charge
@@ -103,12 +105,14 @@ def _records(path: Path, event: str) -> list[dict[str, Any]]:
     return out
 
 
-async def _story(directory: Path, say: Narrator) -> dict[str, Any]:
+async def _story(
+    directory: Path, say: Narrator, make_daemon: Callable[[config.Config], Daemon]
+) -> dict[str, Any]:
     log_path = directory / "daemon.log"
-    daemon = Daemon(_config(directory))
+    daemon = make_daemon(_config(directory))
     runner = asyncio.create_task(daemon.run())
-    tally = daemon.pipeline.tally
-    state = daemon.rollout
+    tally = daemon.deployment.pipeline.tally
+    state = daemon.deployment.rollout
     try:
         await _until(lambda: daemon.ready.is_set() or runner.done(), "the daemon to start")
         if runner.done():
@@ -119,7 +123,7 @@ async def _story(directory: Path, say: Narrator) -> dict[str, Any]:
             f"blue v1.0.0 in charge"
         )
         await _until(
-            lambda: all(c.speaks_protocol for c in daemon.children.values()),
+            lambda: all(c.speaks_protocol for c in daemon.deployment.children.values()),
             "both agents to say hello",
         )
         say("blue v1.0.0 and green v2.0.0 said hello; green is warm on standby, fenced out")
@@ -161,17 +165,19 @@ async def _story(directory: Path, say: Narrator) -> dict[str, Any]:
             f"blue plays on (round {tally[Color.BLUE].rounds}); green played {g.rounds} rounds "
             f"(PnL {g.pnl:+.2f}) before the rollback"
         )
-        return await daemon.status()
+        return await daemon.deployment.status()
     finally:
         daemon.request_shutdown("demo finished")
         await runner
 
 
-def demo(keep: bool = False) -> int:
-    """Run the demo; 0 when the story ended with blue back in charge."""
+def demo(make_daemon: Callable[[config.Config], Daemon], keep: bool = False) -> int:
+    """Run the demo with the daemon ``make_daemon`` builds (the CLI hands it the real one:
+    nothing but the CLI imports the daemon); 0 when the story ended with blue back in
+    charge."""
     import uvloop
 
-    from supervisor.cli import render_status
+    from supervisor.control.views import render_status
 
     directory = Path(tempfile.mkdtemp(prefix="agentsup-demo-", dir="/tmp"))
     print(
@@ -183,7 +189,7 @@ def demo(keep: bool = False) -> int:
     with (directory / "daemon.log").open("w") as sink:
         logs.configure("info", json=True, sink=sink)
         try:
-            status = uvloop.run(_story(directory, say))
+            status = uvloop.run(_story(directory, say, make_daemon))
         except (DemoFailed, Exception) as exc:
             print(
                 f"\nagentsup demo: FAILED: {exc}\nthe daemon's log: {directory / 'daemon.log'}",

@@ -1,0 +1,114 @@
+"""One daemon per namespace: the lease in Redis (``{ns}:lease``), taken at start and renewed
+from the event loop; the flip and adopt scripts refuse a daemon that does not hold it.
+
+A second daemon on a held namespace refuses to start (or, with ``on_lease_held = "wait"``,
+waits without starting a child). A holder found on this host and dead (killed with -9) is
+replaced at once. A holder that cannot renew for two thirds of the TTL (Redis out of reach)
+fences its own children *before* the lease can expire and another daemon take over; one that
+finds the lease taken stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from supervisor.arbiter.arbiter import Arbiter
+from supervisor.config import SupervisorSection
+from supervisor.errors import NamespaceHeld, RedisUnavailable
+from supervisor.logs import get as get_logger
+from supervisor.metrics import Metrics
+
+log = get_logger("lease")
+
+
+class Lease:
+    def __init__(
+        self,
+        arbiter: Arbiter,
+        settings: SupervisorSection,
+        metrics: Metrics,
+        *,
+        on_fenced: Callable[[bool], None],
+        on_lost: Callable[[str], None],
+    ) -> None:
+        self._arbiter = arbiter
+        self._settings = settings
+        self._metrics = metrics
+        self._on_fenced = on_fenced
+        self._on_lost = on_lost
+        self._renewed = time.monotonic()
+        self.fenced = False  # our children are told to stand by: we may have lost it
+
+    async def take(self) -> None:
+        """Take the lease, or refuse to start (:class:`NamespaceHeld`), or wait for it."""
+        sup = self._settings
+        replace = ""
+        waiting_logged = 0.0
+        while True:
+            holder = await self._arbiter.take_lease(sup.lease_ttl_s, replace)
+            if holder is None:
+                self._renewed = time.monotonic()
+                self._metrics.lease_held.set(1)
+                log.info("lease_taken", namespace=sup.namespace, ttl_s=sup.lease_ttl_s)
+                return
+            if holder.is_dead_here() and holder.raw != replace:
+                log.warning("lease_taken_over", previous=holder.describe(), hint="it is gone")
+                replace = holder.raw
+                continue
+            if sup.on_lease_held == "refuse":
+                raise NamespaceHeld(
+                    f"namespace {sup.namespace!r} is supervised by another daemon "
+                    f"({holder.describe()}); refusing to start "
+                    '(supervisor.on_lease_held = "wait" waits for it instead)'
+                )
+            if time.monotonic() - waiting_logged > 30.0:
+                waiting_logged = time.monotonic()
+                log.warning(
+                    "lease_waiting",
+                    holder=holder.describe(),
+                    hint="no child starts until the holder lets go",
+                )
+            await asyncio.sleep(min(1.0, sup.lease_ttl_s / 3))
+
+    async def keep(self) -> None:
+        """Renew every third of the TTL until cancelled (or the lease is found taken)."""
+        ttl = self._settings.lease_ttl_s
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                holder = await self._arbiter.take_lease(ttl)
+            except RedisUnavailable:
+                if not self.fenced and time.monotonic() - self._renewed > ttl * 2 / 3:
+                    log.error(
+                        "lease_unrenewed",
+                        seconds=round(time.monotonic() - self._renewed, 3),
+                        hint="children told to stand by until the lease is renewed",
+                    )
+                    self._fence(True)
+                continue
+            if holder is not None and holder.is_dead_here():
+                # Redis went back to a dump holding a dead predecessor's lease: ours again.
+                holder = await self._arbiter.take_lease(ttl, replace=holder.raw)
+            if holder is not None:
+                self.lost(holder.describe())
+                return
+            self._renewed = time.monotonic()
+            if self.fenced:
+                log.info("lease_renewed", hint="children back to their roles")
+                self._fence(False)
+
+    def lost(self, holder: str) -> None:
+        log.error(
+            "lease_lost",
+            holder=holder,
+            hint="another daemon supervises this namespace now; stopping ours",
+        )
+        self._fence(True)
+        self._on_lost("lease lost")
+
+    def _fence(self, fenced: bool) -> None:
+        self.fenced = fenced
+        self._metrics.lease_held.set(0 if fenced else 1)
+        self._on_fenced(fenced)
