@@ -434,3 +434,40 @@ async def test_a_crash_then_redis_from_an_older_dump_never_lowers_a_told_epoch(
         now = await wait_told(again, "blue", "active")
         assert now > adopted["epoch"]
         await again.stop()
+
+
+async def test_a_daemon_that_takes_over_journals_the_keys_executed_before_it(
+    redis_server: RedisServer, orders: Path
+) -> None:
+    """Also from the chaos run: a daemon on another state_dir takes the namespace over (its
+    predecessor stopped, or stalled past its lease). What the predecessor executed is only in
+    Redis and in the predecessor's journal; if Redis then comes back empty, the new holder
+    must still refuse those keys. It journals them at start."""
+    async with running_daemon(
+        redis_url=redis_server.url,
+        blue=order_agent("1.0.0", orders),
+        green=order_agent("2.0.0", orders),
+    ) as first:
+        await both_speaking(first)
+        await wait_told(first, "blue", "active")
+        assert (await ask(first, orders, "blue", "order-1"))[0] == "ok"
+    successor = short_tempdir("as-o-")
+    try:
+        async with running_daemon(
+            redis_url=redis_server.url,
+            blue=order_agent("1.0.0", successor),
+            green=order_agent("2.0.0", successor),
+            sections={"redis": {"reconcile_interval_s": 0.2}},
+        ) as second:
+            imported = await second.wait_log("grants_imported")
+            assert imported["count"] >= 1
+            await both_speaking(second)
+            mark = len(second.logs)
+            redis_server.stop(signal.SIGKILL)
+            redis_server.start()  # empty
+            await second.wait_log("flip", reason="restored", since=mark, timeout=30)
+            await wait_told(second, "blue", "active", since=mark)
+            assert (await ask(second, successor, "blue", "order-1"))[0] == "duplicate"
+            assert (await ask(second, successor, "blue", "order-2"))[0] == "ok"
+    finally:
+        shutil.rmtree(successor, ignore_errors=True)

@@ -387,6 +387,52 @@ class Arbiter:
         except DurableWriteError as exc:
             self.on_write_failure("journal", exc)
 
+    async def import_grants(self, redis_seq: int) -> int:
+        """Journal the executed keys Redis holds that this host never journaled: grants made
+        under another daemon (this one took the namespace over, or starts on a fresh
+        state_dir) or directly by children. Without them, a Redis that later went back in
+        time could not be set right from this host. One SCAN of ``{ns}:permit:*`` (the
+        namespace holds no glob characters: the config refuses them). Returns how many."""
+        now_ms = int(time.time() * 1000)
+        imported = 0
+        prefix = self.keys.permit("")
+        try:
+            batch: list[str] = []
+            async for raw in self.redis.scan_iter(match=prefix + "*", count=1000):
+                batch.append(_text(raw))
+                if len(batch) >= 500:
+                    imported += await self._import(batch, prefix, redis_seq, now_ms)
+                    batch = []
+            if batch:
+                imported += await self._import(batch, prefix, redis_seq, now_ms)
+        except _TRANSIENT as exc:
+            raise RedisUnavailable(f"grants not imported: {exc}") from exc
+        self.seq = max(self.seq, redis_seq)
+        return imported
+
+    async def _import(self, names: list[str], prefix: str, seq: int, now_ms: int) -> int:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.get(name)
+                pipe.pttl(name)
+            answers = await pipe.execute()
+        imported = 0
+        for i, name in enumerate(names):
+            value, ttl = answers[2 * i], answers[2 * i + 1]
+            if value is None or not isinstance(ttl, int) or ttl <= 0:
+                continue
+            color, _, rest = _text(value).partition(":")
+            epoch_text, _, token = rest.partition(":")
+            epoch = int(epoch_text) if epoch_text.isdigit() else 0
+            grant = Grant(seq, name[len(prefix) :], color, epoch, token, now_ms + ttl)
+            try:
+                self.journal.append(grant)
+            except DurableWriteError as exc:
+                self.on_write_failure("journal", exc)
+                raise
+            imported += 1
+        return imported
+
     async def restore_grants(self) -> int:
         """Put every journaled grant that has not expired back into Redis (``SET NX`` with
         its remaining time) and raise the grant counter to ours. Returns how many."""

@@ -166,6 +166,11 @@ class Rollout:
                     hint="Redis went back in time; putting this host's truth back",
                 )
                 return await self._restore_truth(by)
+            if truth.seq > self.arbiter.seq:
+                # Grants this host never journaled (another daemon's, before it took over):
+                # journal them now, or a later regression of Redis could not be set right.
+                imported = await self.arbiter.import_grants(truth.seq)
+                log.info("grants_imported", count=imported, seq=truth.seq)
             nxt = self._next()
             nxt.load(truth.rollout)
             if not truth.rollout.get("stable"):
