@@ -256,9 +256,10 @@ class Deployment:
             try:
                 change = await self.rollout.start(self.config.supervisor.initial_active)
                 break
-            except DurableWriteError:
-                # The start's epoch bump cannot be reserved on disk (it is full): no child
-                # starts, so nobody acts, until it can. Logged and counted by the arbiter.
+            except (DurableWriteError, RedisUnavailable):
+                # The start's epoch bump cannot be reserved on disk (it is full), or Redis
+                # went away mid-way (a restore of executed keys is started over): no child
+                # starts, so nobody acts, until it can.
                 await asyncio.sleep(1.0)
         log.info(
             "reconciled",

@@ -174,6 +174,7 @@ class Arbiter:
         self._permit = redis.register_script(scripts.PERMIT)
         self._lease = redis.register_script(scripts.LEASE)
         self._release = redis.register_script(scripts.RELEASE)
+        self._finish_restore = redis.register_script(scripts.FINISH_RESTORE)
 
     # the durable side -------------------------------------------------------------------
     def load_journal(self) -> None:
@@ -435,10 +436,13 @@ class Arbiter:
 
     async def restore_grants(self) -> int:
         """Put every journaled grant that has not expired back into Redis (``SET NX`` with
-        its remaining time) and raise the grant counter to ours. Returns how many."""
+        its remaining time), then raise the grant counter to ours, but only if Redis did not
+        change under us meanwhile (see scripts.FINISH_RESTORE). Returns how many."""
         now_ms = int(time.time() * 1000)
         grants = await asyncio.to_thread(lambda: list(self.journal.grants(now_ms)))
+        token = uuid.uuid4().hex
         try:
+            await self.redis.set(self.keys.restoring, token)
             for start in range(0, len(grants), 1000):
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for g in grants[start : start + 1000]:
@@ -446,11 +450,13 @@ class Arbiter:
                             self.keys.permit(g.key), g.record, nx=True, px=g.expires_ms - now_ms
                         )
                     await pipe.execute()
-            current = int(await self.redis.get(self.keys.grant_seq) or 0)
-            if current < self.seq:
-                await self.redis.set(self.keys.grant_seq, self.seq)
+            done = await self._finish_restore(
+                keys=[self.keys.restoring, self.keys.grant_seq], args=[token, str(self.seq)]
+            )
         except _TRANSIENT as exc:
             raise RedisUnavailable(f"grants not restored: {exc}") from exc
+        if not done:
+            raise RedisUnavailable("Redis changed while the grants were put back; again")
         return len(grants)
 
     # the lease --------------------------------------------------------------------------

@@ -200,6 +200,21 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# The end of putting executed keys back into a Redis that forgot them: raise the grant counter
+# only if this is still the Redis the keys were put into (the marker written at the start is
+# there). A Redis restarted from a dump mid-way lacks the marker: the counter stays behind, so
+# the regression is found again and the keys put back again, never half.
+# KEYS[1] the restore marker, KEYS[2] grant sequence; ARGV[1] the marker's token, ARGV[2] the
+# counter to raise to. Returns 1 when done, 0 when the marker is gone.
+FINISH_RESTORE: Final = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if (tonumber(redis.call('GET', KEYS[2]) or '0') or 0) < (tonumber(ARGV[2]) or 0) then
+  redis.call('SET', KEYS[2], ARGV[2])
+end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
 PERMIT_REASONS: Final = ("ok", "not_active", "stale_epoch", "duplicate", "unavailable")
 GRANT_LOG_MAXLEN: Final = 100_000
 
@@ -219,6 +234,7 @@ class Keys:
         self.grant_seq = f"{namespace}:permits:seq"
         self.grant_log = f"{namespace}:permits:log"
         self.lease = f"{namespace}:lease"
+        self.restoring = f"{namespace}:restoring"
 
     def permit(self, key: str) -> str:
         return f"{self.namespace}:permit:{key}"

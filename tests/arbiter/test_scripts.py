@@ -369,3 +369,20 @@ def test_adopt_goes_up_to_the_reservation_and_records_the_flip(r: redis.Redis) -
     state(r, "green", 5, owner="blue")
     assert adopt(r, 5, ceiling="6", flip_id="a9")[0:2] == ["adopted", "6"]
     assert r.hgetall(KEYS.last_flip) == {"id": "a9", "epoch": "6", "from": "blue", "to": "green"}
+
+
+def test_finishing_a_restore_needs_the_redis_it_began_in(r: redis.Redis) -> None:
+    """The grant counter is raised only where the keys were put back: a Redis restarted from
+    a dump mid-way has no marker, and the regression is found (and mended) again."""
+    keys = [KEYS.restoring, KEYS.grant_seq]
+    r.set(KEYS.grant_seq, 3)
+    assert run(r, scripts.FINISH_RESTORE, keys, ["tok", 40]) == [0]  # no marker: a new Redis
+    assert r.get(KEYS.grant_seq) == "3"
+    r.set(KEYS.restoring, "other")
+    assert run(r, scripts.FINISH_RESTORE, keys, ["tok", 40]) == [0]
+    r.set(KEYS.restoring, "tok")
+    assert run(r, scripts.FINISH_RESTORE, keys, ["tok", 40]) == [1]
+    assert (r.get(KEYS.grant_seq), r.exists(KEYS.restoring)) == ("40", 0)
+    r.set(KEYS.restoring, "tok2")
+    assert run(r, scripts.FINISH_RESTORE, keys, ["tok2", 7]) == [1]
+    assert r.get(KEYS.grant_seq) == "40"  # never lowered
