@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from supervisor.arbiter.durable import (
+    COMPACT_BYTES,
     RESERVE_BLOCK,
     DurableWriteError,
     EpochReservation,
@@ -296,3 +297,102 @@ def test_a_short_write_is_cut_off_so_the_journal_stays_whole_lines(tmp_path: Pat
     assert said[1:] == [f"short write ({line // 2} of {line} bytes) {line}"] * 2, said
     assert path.stat().st_size == line
     assert [g.key for g in PermitJournal(path).grants()] == ["order-1"]
+
+
+def test_a_grant_is_dead_from_the_millisecond_it_expires(tmp_path: Path) -> None:
+    """Restoring one that expires this very millisecond would ask Redis for a TTL of 0 ms,
+    which it refuses."""
+    journal = PermitJournal(tmp_path / "permits.journal")
+    journal.append(grant(1, "order-1", expires_ms=5_000))
+    assert [g.key for g in journal.grants(now_ms=4_999)] == ["order-1"]
+    assert list(journal.grants(now_ms=5_000)) == []
+    journal.close()
+
+
+def test_the_journal_is_compacted_only_past_its_threshold(tmp_path: Path) -> None:
+    journal = PermitJournal(tmp_path / "permits.journal")
+    journal.append(grant(1, "order-1"))
+    assert not journal.needs_compaction()
+    journal.size = COMPACT_BYTES
+    assert not journal.needs_compaction()
+    journal.size = COMPACT_BYTES + 1
+    assert journal.needs_compaction()
+    journal.close()
+
+
+def test_a_compacted_journal_is_on_disk_before_it_replaces_the_old_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both halves fsync the new file with everything written to it, before the rename; the
+    journal then appends to the new file, and knows its size (or it would compact again)."""
+    path = tmp_path / "permits.journal"
+    journal = PermitJournal(path)
+    journal.open()
+    journal.append(grant(1, "old", expires_ms=1))
+    journal.append(grant(2, "young"))
+    synced: list[int] = []  # the size of the file each fsync was given
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_size)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    before = len(os.listdir("/proc/self/fd"))
+    tmp, upto, kept = journal.compact_begin()
+    journal.append(grant(3, "meanwhile"))
+    journal.compact_finish(tmp, upto, kept)
+    young, meanwhile = (len(grant(n, k).line()) for n, k in ((2, "young"), (3, "meanwhile")))
+    assert synced == [young, young + meanwhile]
+    assert journal.size == path.stat().st_size == young + meanwhile
+    assert not journal.needs_compaction()
+    assert len(os.listdir("/proc/self/fd")) == before  # the old file's descriptor is closed
+    journal.append(grant(4, "after"))
+    journal.close()
+    assert [g.key for g in PermitJournal(path).grants(0)] == ["young", "meanwhile", "after"]
+
+
+def test_a_compaction_that_fails_leaves_no_temporary_file(tmp_path: Path) -> None:
+    path = tmp_path / "permits.journal"
+    journal = PermitJournal(path)
+    journal.append(grant(1, "order-1"))
+    begun = journal.compact_begin()
+    path.unlink()
+    path.mkdir()  # the journal cannot be read any more
+    with pytest.raises(DurableWriteError):
+        journal.compact_finish(*begun)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["permits.journal"]
+    journal.close()
+
+
+_COMPACT_PAST_LIMIT = """
+import resource, signal, sys
+from pathlib import Path
+from supervisor.arbiter.durable import DurableWriteError, Grant, PermitJournal
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+journal = PermitJournal(Path(sys.argv[1]))
+for n in range(1, 201):
+    journal.append(Grant(n, f"order-{n}", "blue", 7, f"tok-{n}", 10**15))
+resource.setrlimit(resource.RLIMIT_FSIZE, (journal.size // 2, resource.RLIM_INFINITY))
+try:
+    journal.compact_begin()
+except DurableWriteError:
+    print("refused")
+"""
+
+
+def test_a_compaction_cut_short_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """The copy cannot be written whole (a file size limit, in a child process of its own):
+    refused, the half-written copy removed, the journal untouched."""
+    path = tmp_path / "permits.journal"
+    done = subprocess.run(
+        [sys.executable, "-c", _COMPACT_PAST_LIMIT, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.split() == ["refused"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["permits.journal"]
+    assert PermitJournal(path).highest_seq() == 200

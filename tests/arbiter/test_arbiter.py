@@ -1,0 +1,394 @@
+"""The arbiter between the scripts and the daemon, against a real redis-server: the epoch
+reservation it raises before a flip or an adoption commits, the lease it checks, the epoch it
+remembers when Redis forgets, the replica it waits for, and whose lease may be taken over."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+
+from supervisor.arbiter.arbiter import AdoptStatus, Arbiter, FlipStatus, Holder
+from supervisor.arbiter.durable import (
+    RESERVE_BLOCK,
+    DurableWriteError,
+    EpochReservation,
+    PermitJournal,
+)
+from supervisor.arbiter.scripts import PERMIT, Keys
+from supervisor.children.process import start_time_of
+from supervisor.errors import LeaseLost
+from tests.redis_server import REDIS_BINARY, RedisServer, short_tempdir
+
+KEYS = Keys("t", "t:active_version")
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    directory = short_tempdir("as-a-")
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+async def arbiter_on(url: str, state_dir: Path) -> Arbiter:
+    arbiter = Arbiter(Redis.from_url(url), KEYS, state_dir, permit_ttl_s=60)
+    arbiter.load_journal()
+    return arbiter
+
+
+@pytest.fixture
+async def arbiter(redis_server: RedisServer, state_dir: Path) -> AsyncIterator[Arbiter]:
+    arbiter = await arbiter_on(redis_server.url, state_dir)
+    yield arbiter
+    arbiter.journal.close()
+    await arbiter.redis.aclose()
+
+
+async def test_a_flip_past_the_reservation_raises_it_on_disk_first(
+    arbiter: Arbiter, state_dir: Path
+) -> None:
+    assert arbiter.reservation.ceiling == 0  # nothing reserved yet: the first flip must
+    flip = await arbiter.flip("blue", "start", "test")
+    assert (flip.status, flip.epoch, flip.to) == (FlipStatus.OK, 1, "blue")
+    assert EpochReservation(state_dir / "epoch").ceiling == 1 + RESERVE_BLOCK
+    assert (await arbiter.flip("green", "switch", "test")).epoch == 2  # covered: no write
+
+
+async def test_a_flip_that_cannot_be_reserved_is_refused_and_reported(
+    arbiter: Arbiter, state_dir: Path
+) -> None:
+    failures: list[str] = []
+    arbiter.on_write_failure = lambda what, exc: failures.append(what)
+    (state_dir / "epoch.tmp").mkdir()  # the reservation cannot be written
+    with pytest.raises(DurableWriteError):
+        await arbiter.flip("green", "switch", "test")
+    assert failures == ["epoch"]
+    assert await arbiter.redis.get(KEYS.active) is None  # nothing committed
+    assert await arbiter.redis.get(KEYS.epoch) is None
+    (state_dir / "epoch.tmp").rmdir()
+    assert (await arbiter.flip("green", "switch", "test")).epoch == 1
+
+
+async def test_an_adoption_past_the_reservation_raises_it_on_disk_first(
+    redis_server: RedisServer, state_dir: Path
+) -> None:
+    (state_dir / "epoch").write_text("5\n")  # reserved up to the epoch Redis holds
+    redis_server.cli("SET", KEYS.active, "green")  # an operator's SET
+    redis_server.cli("SET", KEYS.epoch, "5")
+    redis_server.cli("SET", KEYS.owner, "blue")
+    arbiter = await arbiter_on(redis_server.url, state_dir)
+    arbiter.seen = 5
+    try:
+        observed = await arbiter.adopt(5, "blue")
+        assert (observed.status, observed.epoch, observed.owner) == (AdoptStatus.ADOPTED, 6, "blue")
+        assert EpochReservation(state_dir / "epoch").ceiling == 6 + RESERVE_BLOCK
+        assert arbiter.seen == 6
+        assert redis_server.cli("GET", KEYS.owner) == "green"
+    finally:
+        arbiter.journal.close()
+        await arbiter.redis.aclose()
+
+
+async def test_after_redis_forgot_a_flip_goes_on_above_what_it_has_seen(
+    arbiter: Arbiter, redis_server: RedisServer
+) -> None:
+    """Redis flushed: the next epoch continues above the last one this process saw, and
+    above a floor it is given (the reservation, when Redis went back in time)."""
+    await arbiter.flip("blue", "start", "test")
+    await arbiter.flip("green", "switch", "test")
+    assert arbiter.seen == 2
+    redis_server.cli("FLUSHALL")
+    assert (await arbiter.flip(None, "restored", "test")).epoch == 3
+    assert (await arbiter.flip(None, "restored", "test", floor=100)).epoch == 101
+    assert (await arbiter.flip(None, "bump", "test", floor=7)).epoch == 102
+    assert arbiter.seen == 102
+
+
+async def test_flips_check_the_lease_once_it_is_taken(
+    arbiter: Arbiter, redis_server: RedisServer
+) -> None:
+    assert (await arbiter.flip("blue", "start", "test")).status is FlipStatus.OK  # no lease yet
+    assert await arbiter.take_lease(10.0) is None
+    assert arbiter.holds_lease
+    # Redis lost the lease (restarted, flushed): nobody holds it; taken again, the flip goes on.
+    redis_server.cli("DEL", KEYS.lease)
+    assert (await arbiter.flip("green", "switch", "test")).epoch == 2
+    assert redis_server.cli("GET", KEYS.lease) == arbiter.lease_value
+    # Another daemon holds it: refused, and this one knows it no longer holds it.
+    other = {"id": "x", "host": "elsewhere", "pid": 4711, "start": None, "since": 0.0}
+    redis_server.cli("SET", KEYS.lease, orjson.dumps(other).decode())
+    with pytest.raises(LeaseLost, match="host elsewhere, pid 4711"):
+        await arbiter.flip("blue", "switch", "test")
+    assert not arbiter.holds_lease
+    assert redis_server.cli("GET", KEYS.active) == "green"
+    # The same for an adoption.
+    redis_server.cli("SET", KEYS.lease, arbiter.lease_value)
+    assert await arbiter.take_lease(10.0) is None
+    redis_server.cli("SET", KEYS.lease, orjson.dumps(other).decode())
+    redis_server.cli("SET", KEYS.active, "blue")
+    with pytest.raises(LeaseLost, match="host elsewhere, pid 4711"):
+        await arbiter.adopt(2, "blue")
+    assert redis_server.cli("GET", KEYS.owner) == "green"
+
+
+async def test_one_arbiter_holds_the_lease_and_hands_it_over(
+    arbiter: Arbiter, redis_server: RedisServer, state_dir: Path
+) -> None:
+    other = await arbiter_on(redis_server.url, state_dir / "other")
+    try:
+        assert await arbiter.take_lease(10.0) is None
+        held = await other.take_lease(10.0)
+        assert held is not None
+        assert (held.pid, held.raw) == (os.getpid(), arbiter.lease_value)
+        assert not other.holds_lease
+        # A flip found the lease free, and while it took it again someone else did.
+        redis_server.cli("SET", KEYS.lease, other.lease_value)
+        with pytest.raises(LeaseLost):
+            await arbiter._lease_gone("")
+        assert not arbiter.holds_lease
+        await arbiter.release_lease()  # not ours: left alone
+        assert redis_server.cli("GET", KEYS.lease) == other.lease_value
+        assert await other.take_lease(10.0) is None
+        await other.release_lease()
+        assert not other.holds_lease
+        assert redis_server.cli("EXISTS", KEYS.lease) == "0"
+        assert await arbiter.take_lease(10.0) is None  # handed over
+    finally:
+        other.journal.close()
+        await other.redis.aclose()
+
+
+async def test_a_grant_is_journaled_before_ok_and_put_back_when_redis_forgets(
+    arbiter: Arbiter, redis_server: RedisServer
+) -> None:
+    await arbiter.flip("blue", "start", "test")
+    assert await arbiter.permit("blue", 1, "order-1", "tok-1") == "ok"
+    assert arbiter.seq == 1
+    [grant] = arbiter.journal.grants()
+    assert (grant.seq, grant.key, grant.color, grant.epoch, grant.token) == (
+        1,
+        "order-1",
+        "blue",
+        1,
+        "tok-1",
+    )
+    assert grant.expires_ms > time.time() * 1000 + 50_000  # the permit's TTL is 60 s
+    assert await arbiter.permit("blue", 1, "order-1", "tok-2") == "duplicate"
+    redis_server.cli("FLUSHALL")  # Redis forgot
+    assert await arbiter.restore_grants() == 1
+    assert redis_server.cli("GET", KEYS.permit("order-1")) == "blue:1:tok-1"
+    assert 50_000 < int(redis_server.cli("PTTL", KEYS.permit("order-1"))) <= 60_000
+    assert redis_server.cli("GET", KEYS.grant_seq) == "1"
+    # A counter ahead of ours is never lowered.
+    redis_server.cli("SET", KEYS.grant_seq, "50")
+    assert await arbiter.restore_grants() == 1
+    assert redis_server.cli("GET", KEYS.grant_seq) == "50"
+
+
+async def test_a_new_arbiter_takes_the_journals_highest_grant_as_its_floor(
+    arbiter: Arbiter, redis_server: RedisServer, state_dir: Path
+) -> None:
+    """state.json may lag the journal (it is written when who acts changes, the journal on
+    every grant): the journal's highest sequence is what Redis must not be behind."""
+    await arbiter.flip("blue", "start", "test")
+    await arbiter.save_known("blue", {})
+    for n in range(3):
+        assert await arbiter.permit("blue", 1, f"order-{n}", "tok") == "ok"
+    arbiter.journal.close()
+    again = await arbiter_on(redis_server.url, state_dir)
+    try:
+        assert (again.known.seq if again.known else None, again.seq) == (0, 3)
+        assert again.journal.size == (state_dir / "permits.journal").stat().st_size
+    finally:
+        again.journal.close()
+        await again.redis.aclose()
+
+
+async def test_a_permit_that_cannot_be_journaled_is_refused_and_reported(
+    redis_server: RedisServer, state_dir: Path
+) -> None:
+    arbiter = await arbiter_on(redis_server.url, state_dir)
+    arbiter.journal.close()
+    arbiter.journal = PermitJournal(Path("/dev/full"))  # a full disk: every write ENOSPC
+    failures: list[str] = []
+    arbiter.on_write_failure = lambda what, exc: failures.append(what)
+    tail: asyncio.Task[None] | None = None
+    try:
+        await arbiter.flip("blue", "start", "test")
+        assert await arbiter.permit("blue", 1, "order-1", "tok") == "unavailable"
+        assert failures == ["journal"]
+        assert await arbiter.permit("blue", 1, "order-1", "tok-2") == "duplicate"  # burnt
+        # A grant a child made itself, that the tail cannot journal either: reported too.
+        tail = asyncio.create_task(arbiter.tail_grants())
+        await tailing(arbiter)
+        assert direct_permit(redis_server, "order-2") == "ok"
+        async with asyncio.timeout(15):
+            while len(failures) < 2:
+                await asyncio.sleep(0.02)
+        assert failures == ["journal", "journal"]
+    finally:
+        if tail is not None:
+            await stop(tail)
+        arbiter.journal.close()
+        await arbiter.redis.aclose()
+
+
+def direct_permit(server: RedisServer, key: str) -> str:
+    """The permit script called by a child itself (``child_access = "permit"``)."""
+    r = SyncRedis.from_url(server.url, decode_responses=True)
+    try:
+        script = r.register_script(PERMIT)
+        args = ["blue", "1", "60000", f"child-{key}", "0", key, "1000"]
+        return str(script(keys=KEYS.permit_keys(key, "blue"), args=args)[0])
+    finally:
+        r.close()
+
+
+async def stop(tail: asyncio.Task[None]) -> None:
+    """Cancel the tail and wait for it (``asyncio.wait``: awaiting the cancelled task from a
+    ``finally`` while an assertion fails has been seen to hang under pytest-asyncio)."""
+    tail.cancel()
+    await asyncio.wait({tail}, timeout=10)
+
+
+async def tailing(arbiter: Arbiter) -> None:
+    """Until the tail's first read is blocked in Redis: from then on it sees every grant."""
+    async with asyncio.timeout(15):
+        while not any(
+            c.get("cmd") == "xread" and "b" in c.get("flags", "")
+            for c in await arbiter.redis.client_list()
+        ):
+            await asyncio.sleep(0.02)
+
+
+async def journaled(arbiter: Arbiter, count: int) -> list[str]:
+    async with asyncio.timeout(15):
+        while len(keys := [g.key for g in arbiter.journal.grants()]) < count:
+            await asyncio.sleep(0.02)
+    return keys
+
+
+async def test_grants_children_make_themselves_are_journaled_too(
+    arbiter: Arbiter, redis_server: RedisServer
+) -> None:
+    """With direct permits the daemon learns of a grant from the grant log, and journals it
+    (with no token: only the child knows it)."""
+    await arbiter.flip("blue", "start", "test")
+    tail = asyncio.create_task(arbiter.tail_grants())
+    try:
+        await tailing(arbiter)
+        assert direct_permit(redis_server, "order-d") == "ok"
+        assert await journaled(arbiter, 1) == ["order-d"]
+        assert await arbiter.permit("blue", 1, "order-a", "tok") == "ok"
+        assert direct_permit(redis_server, "order-e") == "ok"
+        async with asyncio.timeout(15):
+            while "order-e" not in (keys := [g.key for g in arbiter.journal.grants()]):
+                await asyncio.sleep(0.02)
+        # order-a is there once, or twice when the tail read it from the log before permit()
+        # had noted it as its own (a race: that line has no token).
+        assert keys[0] == "order-d"
+        assert set(keys) == {"order-d", "order-a", "order-e"}
+        assert arbiter.seq == 3
+        grants = {g.key: g for g in arbiter.journal.grants()}
+        assert (grants["order-e"].seq, grants["order-e"].token) == (3, "")
+        assert grants["order-e"].expires_ms > time.time() * 1000 + 50_000
+    finally:
+        await stop(tail)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def loopback_redis(directory: Path, *options: str) -> Iterator[int]:
+    """A redis-server on a free loopback port (a replica needs TCP); yields the port."""
+    assert REDIS_BINARY is not None
+    directory.mkdir()
+    port = _free_port()
+    args = [REDIS_BINARY, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory)]
+    args += ["--save", "", "--appendonly", "no", "--daemonize", "no", *options]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            if b"ready to accept connections" in line.lower():
+                break
+        else:
+            raise RuntimeError(f"redis-server exited with {proc.wait()}")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+
+
+async def test_with_a_replica_a_flip_waits_for_it(state_dir: Path) -> None:
+    """A failover could lose a flip no replica holds: with one attached, a committed flip
+    waits for it (``WAIT 1``); an answer that committed nothing does not."""
+    directory = short_tempdir("as-r-")
+    try:
+        with loopback_redis(directory / "primary") as port:
+            arbiter = await arbiter_on(f"redis://127.0.0.1:{port}/0", state_dir)
+            try:
+                assert await arbiter.replicas() == 0
+                await arbiter.flip("blue", "start", "test")
+                with loopback_redis(directory / "replica", "--replicaof", "127.0.0.1", str(port)):
+                    async with asyncio.timeout(30):  # attached, and through its first sync
+                        while (await arbiter.redis.info("replication")).get("slave0", {}).get(
+                            "state"
+                        ) != "online":
+                            await asyncio.sleep(0.05)
+                    assert await arbiter.replicas() == 1
+                    arbiter.replica_count = await arbiter.replicas()
+                    await arbiter.redis.config_resetstat()
+                    assert (await arbiter.flip("green", "switch", "test")).epoch == 2
+                    conflict = await arbiter.flip(None, "bump", "test", expect="blue")
+                    assert conflict.status is FlipStatus.CONFLICT
+                    stats = await arbiter.redis.info("commandstats")
+                    assert stats["cmdstat_wait"]["calls"] == 1
+            finally:
+                arbiter.journal.close()
+                await arbiter.redis.aclose()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def holder(pid: int, start: int | None, host: str | None = None) -> Holder:
+    return Holder("id", host or socket.gethostname(), pid, start, 0.0)
+
+
+def test_only_a_holder_gone_from_this_host_counts_as_dead() -> None:
+    """A daemon killed with -9 leaves its lease until the TTL; its successor on the same host
+    may take it at once, but only when that process is really gone: its pid no longer runs,
+    or runs another process (a reused pid has another start time)."""
+    me, started = os.getpid(), start_time_of(os.getpid())
+    assert started is not None
+    assert not holder(me, started).is_dead_here()
+    assert not holder(me, None).is_dead_here()  # no start time recorded: the pid decides
+    assert holder(me, started + 1).is_dead_here()  # the pid was reused
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead = int(gone.stdout)
+    assert holder(dead, None).is_dead_here()
+    # Another host's holder: nothing here can tell, so it is never taken over.
+    assert not holder(dead, None, host="elsewhere.invalid").is_dead_here()
+    assert not holder(me, started + 1, host="elsewhere.invalid").is_dead_here()
