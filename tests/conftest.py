@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.redis_server import TEMP_PREFIX, TEMP_ROOT, RedisServer, handed_out, running_redis
+from tests.redis_server import (
+    TEMP_PREFIX,
+    TEMP_ROOT,
+    RedisServer,
+    handed_out,
+    running_redis,
+    short_tempdir,
+)
 
 # Scripts the tests run as agents, not test modules: ``--doctest-modules`` would import them.
 collect_ignore = ["agents"]
@@ -47,3 +54,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("temporary directories not made by short_tempdir()")
         for path in strangers:
             terminalreporter.line(f"{path} (another session's, or a test's own mkdtemp?)")
+
+
+@pytest.fixture
+def orders() -> Iterator[Path]:
+    """A directory for tests/agents/order_agent.py's FIFOs (the fence tests tell it what to
+    ask for through them)."""
+    directory = short_tempdir("as-o-")
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)

@@ -94,13 +94,6 @@ async def both_speaking(d: DaemonProcess) -> dict[str, Any]:
     return await d.wait_status(lambda s: all(c["protocol"] for c in s["children"].values()))
 
 
-@pytest.fixture
-def orders() -> Iterator[Path]:
-    directory = short_tempdir("as-o-")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
 async def test_redis_restored_from_an_older_dump_grants_no_executed_key_again(
     redis_server: RedisServer, orders: Path
 ) -> None:

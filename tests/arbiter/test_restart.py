@@ -4,9 +4,7 @@ host wrote to state_dir (the epoch reservation, state.json, the permit journal) 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -14,18 +12,11 @@ import pytest
 
 from supervisor.arbiter.durable import EpochReservation
 from tests.harness import DaemonProcess, running_daemon
-from tests.redis_server import RedisServer, short_tempdir
+from tests.redis_server import RedisServer
 from tests.test_fence import ask, both_speaking, order_agent, wait_told
 from tests.test_lifecycle import permit
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def orders() -> Iterator[Path]:
-    directory = short_tempdir("as-o-")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 async def test_restarted_over_a_redis_that_forgot_grants_it_puts_them_back_first(
