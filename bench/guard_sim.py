@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--baseline under min_baseline ({default.min_baseline}) judges nothing")
     seed_rule = PnlSigmaTrigger(detector="seed")
     # For reference, not a recommended setting: the same CUSUM with no clip, k=0.5 h=12.
-    plain = PnlSigmaTrigger(detector="robust_cusum", cusum_h=12.0, cusum_clip=1e9)
+    plain = PnlSigmaTrigger(detector="robust_cusum", cusum_h=12.0, cusum_clip=1e6)
     columns = [
         ("seed rule", seed_rule, f"window={seed_rule.window} sigma={seed_rule.sigma:g}"),
         ("plain CUSUM", plain, f"k={plain.cusum_k:g} h={plain.cusum_h:g}, no clip"),
