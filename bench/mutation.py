@@ -138,37 +138,105 @@ SKIP_FUNCTIONS = {
     "flips",
     "alert_from_verdict",
 }
-# The epoch reservation: with the scripts, every one of its mutants must be killed. All of
-# these functions, and any line elsewhere in these files that speaks of the reservation.
-RESERVATION = {
-    DURABLE: ("write_atomically", "EpochReservation"),
-    "supervisor/arbiter/arbiter.py": ("Arbiter.reserve",),
+# The epoch mark (the reservation, fsynced, and the mark of the highest epoch told): with the
+# scripts, every one of its mutants must be killed. All of these functions, and any line
+# elsewhere in these files that speaks of the reservation or the told mark.
+EPOCH_MARK = {
+    DURABLE: ("write_atomically", "EpochReservation", "ToldMark"),
+    "supervisor/arbiter/arbiter.py": ("Arbiter.reserve", "Arbiter.telling"),
     "supervisor/rollout/rollout.py": (),
 }
 LOG_NAMES = {"log", "level", "logger"}
 
-# Mutants that cannot change behaviour, keyed by (file, the line as it reads, the line as the
-# mutant reads: both as --list shows them): listed with the reason, never run.
-EQUIVALENT: dict[tuple[str, str, str], str] = {
+# Mutants that cannot change behaviour, keyed by (file, function, the line as it reads, the
+# line as the mutant reads it: as --list shows them): listed with the reason, never run.
+_A = "supervisor/arbiter/arbiter.py"
+EQUIVALENT: dict[tuple[str, str, str, str], str] = {
     (
         SCRIPTS,
+        "FLIP",
         "if floor > epoch then epoch = floor end",
         "if floor >= epoch then epoch = floor end",
     ): "when floor equals epoch, assigning it changes nothing",
     (
         SCRIPTS,
+        "FINISH_RESTORE",
         "if (tonumber(redis.call('GET', KEYS[2]) or '0') or 0) < (tonumber(ARGV[2]) or 0) then",
         "if (tonumber(redis.call('GET', KEYS[2]) or '0') or 0) <= (tonumber(ARGV[2]) or 0) then",
     ): "when the counter equals ours, setting it to ours changes nothing",
     (
         DURABLE,
+        "_int",
         "return value if type(value) is int and value >= 0 else 0",
         "return value if type(value) is int and value > 0 else 0",
     ): "for 0 both branches give 0",
-    (DURABLE, "self.failures += 1", "self.failures -= 1"): (
-        "nothing reads PermitJournal.failures (the daemon counts failures through "
-        "Arbiter.on_write_failure): a dead counter"
+    (
+        DURABLE,
+        "ToldMark.write",
+        "if epoch <= self.value:",
+        "if epoch < self.value:",
+    ): "an epoch equal to the mark rewrites the same bytes",
+    (
+        DURABLE,
+        "PermitJournal.compact_begin",
+        "if grant is not None and grant.expires_ms > now_ms:",
+        "if grant is not None and grant.expires_ms >= now_ms:",
+    ): "a grant expiring this very millisecond kept by compaction is dropped when read "
+    "(grants() filters again)",
+    **{
+        (DURABLE, f"PermitJournal.{f}", "self.failures += 1", "self.failures -= 1"): (
+            "nothing reads PermitJournal.failures (the daemon counts failures through "
+            "Arbiter.on_write_failure): a dead counter"
+        )
+        for f in ("append", "sync")
+    },
+    (_A, "Arbiter.__init__", "self._tailing = False", "self._tailing = True"): (
+        "only makes permit() note its sequence numbers without a tail to read them: the set "
+        "stays bounded by the same eviction"
     ),
+    (
+        _A,
+        "Arbiter.reserve",
+        "if not self.reservation.covers(epoch):",
+        "if True:",
+    ): "EpochReservation.reserve returns at once when the ceiling covers the epoch",
+    (
+        _A,
+        "Arbiter.adopt",
+        "observed = Observed(AdoptStatus(status), epoch, active or None, owner, "
+        "int(seq_text or 0))",
+        "observed = Observed(AdoptStatus(status), epoch, active or None, owner, "
+        "int(seq_text and 0))",
+    ): "Observed.seq is only logged",
+    (_A, "Arbiter.adopt", "if observed.status is AdoptStatus.ADOPTED:", "if True:"): (
+        "only an epoch above `seen` matters, which adopt answers as CHANGED; the rollout raises "
+        "`seen` to it right after (and a flip starts from Redis's epoch anyway)"
+    ),
+    (_A, "Arbiter.permit", "if seq > self.seq:", "if True:"): (
+        "an `ok` answer's sequence is never below self.seq: the script refuses a counter "
+        "under it (`regressed`)"
+    ),
+    (_A, "Arbiter.permit", "if seq > self.seq:", "if seq >= self.seq:"): (
+        "an equal sequence assigns the same value"
+    ),
+    (_A, "Arbiter.permit", "if self._tailing:", "if True:"): (
+        "only notes sequence numbers without a tail to read them: bounded by the same eviction"
+    ),
+    **{
+        (_A, "Arbiter.lease_holder_raw", "return None if raw is None else _text(raw)", after): (
+            "dead code: nothing calls Arbiter.lease_holder_raw"
+        )
+        for after in ("return None", "return None if raw is not None else _text(raw)")
+    },
+    (_A, "Arbiter.replicas", "return 0", "return None"): (
+        "INFO failed: replica_count None and 0 both mean no WAIT"
+    ),
+    **{
+        (_A, "Arbiter.wait_replica", before, "return None"): (
+            "flip() ignores what wait_replica() returns"
+        )
+        for before in ("return int(await self.redis.wait(1, timeout_ms))", "return 0")
+    },
 }
 
 
@@ -184,7 +252,7 @@ class Mutant:
     before: str  # the lines touched, as they read, and as the mutant reads them
     after: str
     function: str  # the enclosing function (or the Lua script's name)
-    group: str  # scripts, reservation or rest
+    group: str  # scripts, epoch_mark or rest
     equivalent: str = ""  # the reason, for a mutant that cannot change behaviour
 
     def apply(self, text: str) -> str:
@@ -506,11 +574,11 @@ def _lua_mutants(src: _Source, name: str, a: int, b: int) -> list[tuple[int, int
 def _group(file: str, function: str, line: str) -> str:
     if file == SCRIPTS:
         return "scripts"
-    if file in RESERVATION and "reserv" in line:
-        return "reservation"
-    for prefix in RESERVATION.get(file, ()):
+    if file in EPOCH_MARK and ("reserv" in line or "told" in line):
+        return "epoch_mark"
+    for prefix in EPOCH_MARK.get(file, ()):
         if function == prefix or function.startswith(prefix + "."):
-            return "reservation"
+            return "epoch_mark"
     return "rest"
 
 
@@ -566,7 +634,7 @@ def generate(file: str, text: str) -> list[Mutant]:
                 after=after,
                 function=function,
                 group=_group(file, function, src.lines[line - 1]),
-                equivalent=EQUIVALENT.get((file, before, after), ""),
+                equivalent=EQUIVALENT.get((file, function, before, after), ""),
             )
         )
     return mutants

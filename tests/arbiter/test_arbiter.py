@@ -81,6 +81,34 @@ async def test_a_flip_that_cannot_be_reserved_is_refused_and_reported(
     assert (await arbiter.flip("green", "switch", "test")).epoch == 1
 
 
+async def test_the_told_mark_rises_before_a_push_and_floors_the_next_arbiter(
+    arbiter: Arbiter, redis_server: RedisServer, state_dir: Path
+) -> None:
+    failures: list[str] = []
+    arbiter.on_write_failure = lambda what, exc: failures.append(what)
+    arbiter.telling(40)
+    arbiter.telling(12)
+    arbiter.told.close()
+    again = await arbiter_on(redis_server.url, state_dir)
+    try:
+        assert (again.told.value, again.seen) == (40, 40)
+        assert (await again.flip("blue", "start", "test")).epoch == 41
+    finally:
+        again.told.close()
+        again.journal.close()
+        await again.redis.aclose()
+    assert failures == []
+    broken = await arbiter_on(redis_server.url, state_dir)
+    broken.on_write_failure = lambda what, exc: failures.append(what)
+    broken.told.path = state_dir / "missing" / "epoch.told"  # cannot be written
+    try:
+        broken.telling(50)  # said, not raised: the push goes on, the reservation bounds it
+        assert failures == ["epoch"]
+    finally:
+        broken.journal.close()
+        await broken.redis.aclose()
+
+
 async def test_an_adoption_past_the_reservation_raises_it_on_disk_first(
     redis_server: RedisServer, state_dir: Path
 ) -> None:
@@ -126,21 +154,33 @@ async def test_flips_check_the_lease_once_it_is_taken(
     redis_server.cli("DEL", KEYS.lease)
     assert (await arbiter.flip("green", "switch", "test")).epoch == 2
     assert redis_server.cli("GET", KEYS.lease) == arbiter.lease_value
+    # Redis restored from a dump taken before we took over from a daemon of this host that is
+    # gone (killed with -9): its lease is taken over again and the flip goes on.
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead = {"id": "y", "host": socket.gethostname(), "pid": int(gone.stdout), "since": 0.0}
+    redis_server.cli("SET", KEYS.lease, orjson.dumps(dead).decode())
+    assert (await arbiter.flip("blue", "switch", "test")).epoch == 3
+    assert redis_server.cli("GET", KEYS.lease) == arbiter.lease_value
     # Another daemon holds it: refused, and this one knows it no longer holds it.
     other = {"id": "x", "host": "elsewhere", "pid": 4711, "start": None, "since": 0.0}
     redis_server.cli("SET", KEYS.lease, orjson.dumps(other).decode())
     with pytest.raises(LeaseLost, match="host elsewhere, pid 4711"):
-        await arbiter.flip("blue", "switch", "test")
+        await arbiter.flip("green", "switch", "test")
     assert not arbiter.holds_lease
-    assert redis_server.cli("GET", KEYS.active) == "green"
+    assert redis_server.cli("GET", KEYS.active) == "blue"
     # The same for an adoption.
     redis_server.cli("SET", KEYS.lease, arbiter.lease_value)
     assert await arbiter.take_lease(10.0) is None
     redis_server.cli("SET", KEYS.lease, orjson.dumps(other).decode())
-    redis_server.cli("SET", KEYS.active, "blue")
+    redis_server.cli("SET", KEYS.active, "green")  # an operator's SET, not to be adopted
     with pytest.raises(LeaseLost, match="host elsewhere, pid 4711"):
-        await arbiter.adopt(2, "blue")
-    assert redis_server.cli("GET", KEYS.owner) == "green"
+        await arbiter.adopt(3, "blue")
+    assert redis_server.cli("GET", KEYS.owner) == "blue"
 
 
 async def test_one_arbiter_holds_the_lease_and_hands_it_over(
@@ -337,6 +377,12 @@ def loopback_redis(directory: Path, *options: str) -> Iterator[int]:
         proc.stdout.close()
 
 
+async def waits(arbiter: Arbiter) -> int:
+    """How many WAIT commands Redis has run since its statistics were reset."""
+    stats = await arbiter.redis.info("commandstats")
+    return int(stats.get("cmdstat_wait", {}).get("calls", 0))
+
+
 async def test_with_a_replica_a_flip_waits_for_it(state_dir: Path) -> None:
     """A failover could lose a flip no replica holds: with one attached, a committed flip
     waits for it (``WAIT 1``); an answer that committed nothing does not."""
@@ -357,10 +403,10 @@ async def test_with_a_replica_a_flip_waits_for_it(state_dir: Path) -> None:
                     arbiter.replica_count = await arbiter.replicas()
                     await arbiter.redis.config_resetstat()
                     assert (await arbiter.flip("green", "switch", "test")).epoch == 2
+                    assert await waits(arbiter) == 1
                     conflict = await arbiter.flip(None, "bump", "test", expect="blue")
                     assert conflict.status is FlipStatus.CONFLICT
-                    stats = await arbiter.redis.info("commandstats")
-                    assert stats["cmdstat_wait"]["calls"] == 1
+                    assert await waits(arbiter) == 1
             finally:
                 arbiter.journal.close()
                 await arbiter.redis.aclose()

@@ -20,6 +20,7 @@ from supervisor.arbiter.durable import (
     Grant,
     KnownState,
     PermitJournal,
+    ToldMark,
     write_atomically,
 )
 
@@ -396,3 +397,35 @@ def test_a_compaction_cut_short_leaves_no_temporary_file(tmp_path: Path) -> None
     assert done.stdout.split() == ["refused"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["permits.journal"]
     assert PermitJournal(path).highest_seq() == 200
+
+
+def test_the_told_mark_only_rises_and_is_read_back(tmp_path: Path) -> None:
+    """The next daemon compares Redis with it: a mark that went down would hide a Redis
+    restored from an older dump."""
+    path = tmp_path / "epoch.told"
+    mark = ToldMark(path)
+    assert mark.value == 0
+    mark.write(10)
+    mark.write(5)
+    mark.write(10)
+    assert ToldMark(path).value == 10
+    mark.write(12)
+    assert ToldMark(path).value == 12
+    mark.close()
+    broken = ToldMark(tmp_path / "missing" / "epoch.told")
+    with pytest.raises(DurableWriteError):
+        broken.write(3)
+    assert broken.value == 0
+
+
+def test_the_told_mark_holds_one_descriptor_and_lets_it_go(tmp_path: Path) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    for n in range(20):
+        mark = ToldMark(tmp_path / "epoch.told")
+        for k in range(1, 6):
+            mark.write(n * 5 + k)
+        assert len(os.listdir("/proc/self/fd")) == before + 1
+        mark.close()
+        mark.close()  # twice: nothing happens
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert ToldMark(tmp_path / "epoch.told").value == 100

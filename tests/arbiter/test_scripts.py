@@ -386,3 +386,14 @@ def test_finishing_a_restore_needs_the_redis_it_began_in(r: redis.Redis) -> None
     r.set(KEYS.restoring, "tok2")
     assert run(r, scripts.FINISH_RESTORE, keys, ["tok2", 7]) == [1]
     assert r.get(KEYS.grant_seq) == "40"  # never lowered
+
+
+def test_a_permit_asked_under_another_colors_identity_is_counted_as_not_active(
+    r: redis.Redis,
+) -> None:
+    state(r, "blue", 5)
+    forged = [*KEYS.permit_keys("order-1", "blue")[:7], KEYS.identity("green")]
+    assert run(r, scripts.PERMIT, forged, ["blue", 5, 60000, "t", 0, "order-1", 100])[0] == (
+        "not_active"
+    )
+    assert r.hgetall(KEYS.permit_stats) == {"not_active": "1"}
