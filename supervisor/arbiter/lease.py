@@ -47,7 +47,13 @@ class Lease:
         replace = ""
         waiting_logged = 0.0
         while True:
-            holder = await self._arbiter.take_lease(sup.lease_ttl_s, replace)
+            try:
+                holder = await self._arbiter.take_lease(sup.lease_ttl_s, replace)
+            except RedisUnavailable:
+                # Redis went away during the start (found by the chaos run): wait for it,
+                # no child starts meanwhile; never exit for it.
+                await asyncio.sleep(min(1.0, sup.lease_ttl_s / 3))
+                continue
             if holder is None:
                 self._renewed = time.monotonic()
                 self._metrics.lease_held.set(1)
