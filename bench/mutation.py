@@ -151,6 +151,7 @@ LOG_NAMES = {"log", "level", "logger"}
 # Mutants that cannot change behaviour, keyed by (file, function, the line as it reads, the
 # line as the mutant reads it: as --list shows them): listed with the reason, never run.
 _A = "supervisor/arbiter/arbiter.py"
+_R = "supervisor/rollout/rollout.py"
 EQUIVALENT: dict[tuple[str, str, str, str], str] = {
     (
         SCRIPTS,
@@ -227,6 +228,52 @@ EQUIVALENT: dict[tuple[str, str, str, str], str] = {
             "dead code: nothing calls Arbiter.lease_holder_raw"
         )
         for after in ("return None", "return None if raw is not None else _text(raw)")
+    },
+    **{
+        (_A, "Arbiter.import_grants", before, after): (
+            "only the size of the batches changes (every key is imported all the same)"
+        )
+        for before, after in (
+            ("if len(batch) >= 500:", "if False:"),
+            ("if len(batch) >= 500:", "if True:"),
+            ("if len(batch) >= 500:", "if len(batch) > 500:"),
+            ("if batch:", "if True:"),
+        )
+    },
+    (
+        _A,
+        "Arbiter._import",
+        "if value is None or not isinstance(ttl, int) or ttl <= 0:",
+        "if value is None or not isinstance(ttl, int) or ttl < 0:",
+    ): "a key with 0 ms to live is journaled as expiring now, and grants() drops it when read",
+    (_A, "Arbiter._lease_gone", "if self.lease_ttl_s is not None:", "if True:"): (
+        "lease_ttl_s is set by take_lease(), the only way to hold a lease that a script can "
+        "then find gone"
+    ),
+    (_A, "Arbiter.release_lease", "if not self.holds_lease:", "if False:"): (
+        "the release script deletes the lease only when it is ours"
+    ),
+    (
+        _A,
+        "Arbiter.read",
+        '_text(owner) if owner is not None else "",',
+        '_text(owner) if owner is None else "",',
+    ): "nothing reads Truth.owner",
+    (_A, "Arbiter.save_rollout", "if keep:", "if True:"): (
+        "the rollout's fields always name the mode and the stable color: never empty"
+    ),
+    (_A, "Arbiter.save_rollout", "if drop:", "if True:"): (
+        "a confirm always clears the candidate and its probation: never empty"
+    ),
+    (_A, "Arbiter.enable_notifications", "if wanted != flags:", "if True:"): (
+        "sets the flags Redis already has"
+    ),
+    **{
+        (_R, "Rollout.start", "if truth.seq > self.arbiter.seq:", after): (
+            "imports keys already journaled: duplicate journal lines, restored by the same "
+            "SET NX (only the journal grows)"
+        )
+        for after in ("if True:", "if truth.seq >= self.arbiter.seq:")
     },
     (_A, "Arbiter.replicas", "return 0", "return None"): (
         "INFO failed: replica_count None and 0 both mean no WAIT"

@@ -4,13 +4,22 @@ probation never promotes, and an operator's SET racing the daemon's own flips.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from redis.asyncio import Redis as AsyncRedis
 
+from supervisor.arbiter.arbiter import Arbiter
+from supervisor.arbiter.scripts import Keys
+from supervisor.config import Color
+from supervisor.errors import Refused
+from supervisor.rollout import Change, Rollout
 from tests.harness import PY, DaemonProcess, agent, running_daemon
 from tests.redis_server import RedisServer
 from tests.test_lifecycle import permit
@@ -156,3 +165,111 @@ async def test_a_rollout_record_written_by_hand_with_garbage_does_not_stop_the_d
             "blue-green",
             None,
         )
+
+
+# ------------------------------------------------------------------------------ the rules, one
+# Rollout over a real redis-server and no daemon (what bench/mutation.py found untested)
+
+
+@contextlib.asynccontextmanager
+async def rollout_on(
+    server: RedisServer, state_dir: Path
+) -> AsyncIterator[tuple[Rollout, list[Change]]]:
+    """A Rollout and the changes it reports, over ``server``, keeping its files in
+    ``state_dir``."""
+    arbiter = Arbiter(
+        AsyncRedis.from_url(server.url), Keys("t", "agent:active_version"), state_dir, 60
+    )
+    arbiter.load_journal()
+    changes: list[Change] = []
+    versions = {Color.BLUE: "1.0.0", Color.GREEN: "2.0.0"}
+    try:
+        yield Rollout(arbiter, versions, changes.append), changes
+    finally:
+        arbiter.journal.close()
+        arbiter.told.close()
+        await arbiter.redis.aclose()
+
+
+async def test_a_flip_that_finds_the_key_moved_is_refused_and_changes_nothing(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async with rollout_on(redis_server, tmp_path) as (rollout, changes):
+        await rollout.start(Color.BLUE)
+        assert (rollout.role_of(Color.BLUE), rollout.role_of(Color.GREEN)) == ("active", "standby")
+        redis_server.cli("SET", "agent:active_version", "green")  # an operator, this instant
+        with pytest.raises(Refused, match="changed to 'green'"):
+            await rollout.bump("restart")
+        assert (rollout.state.active, rollout.state.epoch, len(changes)) == (Color.BLUE, 1, 1)
+
+
+async def test_a_restart_over_the_epoch_its_children_were_told_is_no_regression(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async with rollout_on(redis_server, tmp_path) as (rollout, _):
+        change = await rollout.start(Color.BLUE)
+        rollout.arbiter.telling(change.epoch)
+    async with rollout_on(redis_server, tmp_path) as (rollout, changes):
+        assert rollout.arbiter.seen == change.epoch  # from the told mark
+        await rollout.start(Color.BLUE)
+        assert [(c.reason, c.epoch) for c in changes] == [("start", change.epoch + 1)]
+
+
+async def test_a_first_start_makes_the_initial_color_stable_and_in_charge(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async with rollout_on(redis_server, tmp_path) as (rollout, _):
+        change = await rollout.start(Color.GREEN)
+        assert (change.reason, change.active) == ("start", Color.GREEN)
+        assert (rollout.state.stable, rollout.state.candidate) == (Color.GREEN, None)
+    redis_server.cli("FLUSHALL")
+    redis_server.cli("SET", "agent:active_version", "blue")  # the seed's way, no record
+    async with rollout_on(redis_server, tmp_path / "again") as (rollout, _):
+        await rollout.start(Color.GREEN)
+        assert (rollout.state.active, rollout.state.stable) == (Color.BLUE, Color.BLUE)
+
+
+async def test_a_color_switched_to_by_hand_while_no_daemon_ran_is_on_probation(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    redis_server.cli("SET", "agent:active_version", "green")
+    redis_server.cli("HSET", "t:rollout", "stable", "blue")
+    async with rollout_on(redis_server, tmp_path) as (rollout, _):
+        before = time.time()
+        await rollout.start(Color.BLUE)
+        s = rollout.state
+        assert (s.active, s.stable, s.candidate) == (Color.GREEN, Color.BLUE, Color.GREEN)
+        assert s.probation_since is not None
+        assert s.probation_since >= before
+
+
+async def test_redis_behind_at_start_gets_this_hosts_record_back(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Redis went back in time while no daemon ran. With state.json, its record (who acts,
+    the candidate, the rejected versions) wins over Redis's; without it, Redis's record is
+    all there is, put back above the epoch the children were told."""
+    async with rollout_on(redis_server, tmp_path) as (rollout, _):
+        await rollout.start(Color.BLUE)
+        await rollout.switch(Color.GREEN, "test")
+        rollout.arbiter.telling(rollout.state.epoch)
+        await rollout.arbiter.save_known("green", rollout.state.fields())
+    redis_server.cli("SET", "t:epoch", "1")  # an older dump: blue in charge, no candidate
+    redis_server.cli("SET", "t:epoch:owner", "blue")
+    redis_server.cli("SET", "agent:active_version", "blue")
+    redis_server.cli("HDEL", "t:rollout", "candidate", "probation_since")
+    async with rollout_on(redis_server, tmp_path) as (rollout, changes):
+        await rollout.start(Color.BLUE)
+        assert [c.reason for c in changes] == ["restored"]
+        s = rollout.state
+        assert (s.active, s.stable, s.candidate) == (Color.GREEN, Color.BLUE, Color.GREEN)
+        assert redis_server.cli("GET", "agent:active_version") == "green"
+    # No state.json, only the told mark: Redis's record, above the told epoch.
+    (tmp_path / "state.json").unlink()
+    told = rollout.state.epoch
+    redis_server.cli("SET", "t:epoch", "1")
+    async with rollout_on(redis_server, tmp_path) as (rollout, changes):
+        await rollout.start(Color.BLUE)
+        assert [c.reason for c in changes] == ["restored"]
+        assert (rollout.state.active, rollout.state.candidate) == (Color.GREEN, Color.GREEN)
+        assert rollout.state.epoch > told

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -25,11 +26,12 @@ from supervisor.arbiter.durable import (
     RESERVE_BLOCK,
     DurableWriteError,
     EpochReservation,
+    Grant,
     PermitJournal,
 )
 from supervisor.arbiter.scripts import PERMIT, Keys
 from supervisor.children.process import start_time_of
-from supervisor.errors import LeaseLost
+from supervisor.errors import LeaseLost, RedisUnavailable
 from tests.redis_server import REDIS_BINARY, RedisServer, short_tempdir
 
 KEYS = Keys("t", "t:active_version")
@@ -237,6 +239,36 @@ async def test_a_grant_is_journaled_before_ok_and_put_back_when_redis_forgets(
     assert redis_server.cli("GET", KEYS.grant_seq) == "50"
 
 
+async def test_a_restore_that_redis_changed_under_is_refused(
+    arbiter: Arbiter, redis_server: RedisServer
+) -> None:
+    """Another restore (or anything else) took the restoring mark meanwhile: this one does
+    not raise the grant counter, and says so; done again undisturbed, it goes through."""
+    await arbiter.flip("blue", "start", "test")
+    for n in range(3000):  # three batches: time for the mark to be taken between them
+        arbiter.journal.append(Grant(n + 1, f"order-{n}", "blue", 1, "tok", 10**15))
+    arbiter.seq = 3000
+    intruder = Redis.from_url(redis_server.url)
+
+    async def take_the_mark() -> None:
+        while not await intruder.exists(KEYS.restoring):
+            await asyncio.sleep(0)
+        await intruder.set(KEYS.restoring, "someone else")
+
+    taker = asyncio.create_task(take_the_mark())
+    try:
+        with pytest.raises(RedisUnavailable, match="changed"):
+            await arbiter.restore_grants()
+        assert redis_server.cli("GET", KEYS.grant_seq) == ""
+        assert await arbiter.restore_grants() == 3000
+        assert redis_server.cli("GET", KEYS.grant_seq) == "3000"
+        assert redis_server.cli("EXISTS", KEYS.restoring) == "0"
+    finally:
+        taker.cancel()
+        await asyncio.wait({taker}, timeout=10)
+        await intruder.aclose()
+
+
 async def test_a_new_arbiter_takes_the_journals_highest_grant_as_its_floor(
     arbiter: Arbiter, redis_server: RedisServer, state_dir: Path
 ) -> None:
@@ -346,6 +378,102 @@ async def test_grants_children_make_themselves_are_journaled_too(
         assert grants["order-e"].expires_ms > time.time() * 1000 + 50_000
     finally:
         await stop(tail)
+
+
+async def test_a_grant_permit_journaled_itself_is_not_journaled_again_from_the_log(
+    arbiter: Arbiter,
+) -> None:
+    """The tail skips the log entries of grants permit() journaled itself (the entry is
+    handed to the tail's handler here, in the order that matters: after permit() noted it),
+    and what permit() remembers stays bounded, the oldest forgotten first."""
+    await arbiter.flip("blue", "start", "test")
+    tail = asyncio.create_task(arbiter.tail_grants())
+    await tailing(arbiter)  # from here on permit() notes what it journals
+    await stop(tail)
+    arbiter._journaled_order, arbiter._journaled = deque(maxlen=2), set()  # 100,000 in use
+    for n in range(3):
+        assert await arbiter.permit("blue", 1, f"order-{n}", "tok") == "ok"
+
+    def logged(seq: int) -> None:
+        key = f"order-{seq - 1}"
+        arbiter._journal_logged(
+            {
+                b"seq": str(seq).encode(),
+                b"key": key.encode(),
+                b"color": b"blue",
+                b"epoch": b"1",
+                b"ttl": b"60000",
+            }
+        )
+
+    logged(3)  # remembered: not again
+    logged(2)
+    assert [g.key for g in arbiter.journal.grants()] == ["order-0", "order-1", "order-2"]
+    logged(1)  # forgotten: journaled again (harmless: restoring it twice is one SET NX)
+    assert [g.key for g in arbiter.journal.grants()][3:] == ["order-0"]
+
+
+async def test_grants_made_under_another_daemon_are_imported(
+    arbiter: Arbiter, redis_server: RedisServer
+) -> None:
+    """Taking a namespace over: every executed key Redis holds is journaled (in batches)."""
+    r = SyncRedis.from_url(redis_server.url, decode_responses=True)
+    try:
+        with r.pipeline(transaction=False) as pipe:
+            for n in range(1200):  # odd keys a minute to live, even ones an hour
+                pipe.set(KEYS.permit(f"k{n}"), f"green:3:tok-{n}", px=60_000 if n % 2 else 3600_000)
+            pipe.set(KEYS.permit("forever"), "green:3:x")  # no TTL: not a permit's
+            pipe.execute()
+    finally:
+        r.close()
+    assert await arbiter.import_grants(1200) == 1200
+    grants = {g.key: g for g in arbiter.journal.grants()}
+    assert len(grants) == 1200
+    assert grants["k7"].record == "green:3:tok-7"
+    now_ms = time.time() * 1000
+    assert all(
+        (g.expires_ms < now_ms + 61_000) == (int(g.key[1:]) % 2 == 1) for g in grants.values()
+    )
+    assert arbiter.seq == 1200
+    # A journal that cannot be written: the import stops, and says so.
+    failures: list[str] = []
+    arbiter.on_write_failure = lambda what, exc: failures.append(what)
+    arbiter.journal.close()
+    arbiter.journal = PermitJournal(Path("/dev/full"))
+    with pytest.raises(DurableWriteError):
+        await arbiter.import_grants(1200)
+    assert failures == ["journal"]
+
+
+async def test_a_confirm_is_recorded_and_its_cleared_fields_deleted(
+    arbiter: Arbiter, redis_server: RedisServer
+) -> None:
+    """A field left behind would bring the candidate back at the next start."""
+    redis_server.cli("HSET", KEYS.rollout, "stable", "blue", "candidate", "green")
+    await arbiter.save_rollout({"stable": "green", "candidate": "", "probation_since": ""})
+    assert redis_server.cli("HGETALL", KEYS.rollout).split() == ["stable", "green"]
+
+
+async def test_keyspace_notifications_are_turned_on_where_config_is_allowed(
+    arbiter: Arbiter, redis_server: RedisServer, state_dir: Path
+) -> None:
+    redis_server.cli("CONFIG", "SET", "notify-keyspace-events", "Ex")
+    assert await arbiter.enable_notifications()
+    assert set(redis_server.cli("CONFIG", "GET", "notify-keyspace-events").split()[1]) == set(
+        "K$gEx"
+    )
+    # A managed Redis that refuses CONFIG: the timer alone finds changes; said, not raised.
+    redis_server.cli("ACL", "SETUSER", "limited", "on", ">pw", "~*", "&*", "+@all", "-config")
+    limited = Arbiter(
+        Redis.from_url(redis_server.url, username="limited", password="pw"),
+        KEYS,
+        state_dir,
+        permit_ttl_s=60,
+    )
+    try:
+        assert not await limited.enable_notifications()
+    finally:
+        await limited.redis.aclose()
 
 
 def _free_port() -> int:
