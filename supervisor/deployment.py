@@ -93,6 +93,7 @@ class Deployment:
             metrics,
             on_fenced=lambda fenced: self.push_roles(),
             on_lost=on_fatal,
+            embedded=embedded,
         )
         # The children are filled in below: each child's on_message is the pipeline's handle.
         self.children: dict[Color, Child] = {}

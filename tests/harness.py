@@ -86,6 +86,8 @@ def write_config(
             "state_dir": str(directory / "state"),
             "control_socket": str(directory / "control.sock"),
             "shutdown_timeout_s": 30.0,
+            # A lease found missing (every fresh Redis) is taken a TTL after it is claimed.
+            "lease_ttl_s": 1.0,
         },
         "metrics": {"listen": "127.0.0.1:0"},
         "agents.blue": blue,

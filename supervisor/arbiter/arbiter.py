@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from redis.asyncio import Redis
@@ -90,6 +90,18 @@ class Truth:
     rollout: dict[str, str]
 
 
+# How a lease is asked for: see scripts.LEASE.
+LeaseMode = Literal["renew", "claim", "now"]
+
+
+@dataclass(frozen=True, slots=True)
+class Claiming:
+    """A start found the lease missing and claimed it: ours once ``wait_s`` has passed with
+    no live holder renewing it."""
+
+    wait_s: float
+
+
 @dataclass(frozen=True, slots=True)
 class Holder:
     """Who holds a namespace's lease (decoded from its value)."""
@@ -101,10 +113,16 @@ class Holder:
     since: float
     raw: str = ""  # the lease's value as stored
 
+    claiming: bool = False  # a start waiting out its claim on a lease it found missing
+
     @classmethod
-    def decode(cls, raw: str) -> Holder | None:
+    def decode(cls, raw: str) -> Holder:
+        """The holder a lease value names (``claim:<ms>:<value>`` is a daemon claiming it;
+        anything unreadable is shown as it is)."""
+        claiming = raw.startswith("claim:")
+        text = raw.split(":", 2)[2] if claiming and raw.count(":") >= 2 else raw
         try:
-            d = orjson.loads(raw)
+            d = orjson.loads(text)
             return cls(
                 str(d["id"]),
                 str(d["host"]),
@@ -112,13 +130,15 @@ class Holder:
                 d.get("start"),
                 float(d["since"]),
                 raw,
+                claiming,
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            return None
+            return cls(raw, "?", 0, None, 0.0, raw, claiming)
 
     def describe(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
-        return f"host {self.host}, pid {self.pid}, since {when}"
+        what = "claiming it since" if self.claiming else "since"
+        return f"host {self.host}, pid {self.pid}, {what} {when}"
 
     def is_dead_here(self) -> bool:
         """True when the holder ran on this host and that process is gone (killed with -9:
@@ -466,21 +486,24 @@ class Arbiter:
         over): take it again and go on. A live one's: :class:`LeaseLost`."""
         if self.lease_ttl_s is not None:
             found = await self.take_lease(self.lease_ttl_s)
-            if found is not None and found.is_dead_here():
+            if isinstance(found, Holder) and found.is_dead_here():
                 found = await self.take_lease(self.lease_ttl_s, replace=found.raw)
             if found is None:
                 return
-            holder = found.raw
+            holder = found.raw if isinstance(found, Holder) else holder
         self.holds_lease = False
         raise LeaseLost(_holder_text(holder))
 
-    async def take_lease(self, ttl_s: float, replace: str = "") -> Holder | None:
-        """Take or renew the namespace's lease. Returns None when it is ours, else who holds
-        it. ``replace``: a holder's value we may take it from (one found dead)."""
+    async def take_lease(
+        self, ttl_s: float, replace: str = "", mode: LeaseMode = "renew"
+    ) -> Holder | Claiming | None:
+        """Take or renew the namespace's lease. Returns None when it is ours, :class:`Claiming`
+        while a start waits out its claim on a missing lease, else who holds it. ``replace``:
+        a holder's value we may take it from (one found dead); ``mode``: see scripts.LEASE."""
         raw = await self._call(
             self._lease,
             [self.keys.lease],
-            [self.lease_value, str(int(ttl_s * 1000)), replace],
+            [self.lease_value, str(int(ttl_s * 1000)), replace, mode],
             "lease not taken",
         )
         self.lease_ttl_s = ttl_s
@@ -489,8 +512,9 @@ class Arbiter:
             self.holds_lease = True
             return None
         self.holds_lease = False
-        found = Holder.decode(holder)
-        return found or Holder(holder, "?", 0, None, 0.0, holder)
+        if status == "claiming":
+            return Claiming(int(holder) / 1000)
+        return Holder.decode(holder)
 
     async def lease_holder_raw(self) -> str | None:
         raw = await self.redis.get(self.keys.lease)
@@ -501,7 +525,8 @@ class Arbiter:
             return
         self.holds_lease = False
         with contextlib.suppress(*_TRANSIENT, RedisError):
-            await self._release(keys=[self.keys.lease], args=[self.lease_value])
+            marker_ms = str(int((self.lease_ttl_s or 10.0) * 1000))
+            await self._release(keys=[self.keys.lease], args=[self.lease_value, marker_ms])
 
     # reads ------------------------------------------------------------------------------
     async def read(self) -> Truth:
@@ -584,8 +609,7 @@ class Arbiter:
 
 
 def _holder_text(raw: str) -> str:
-    holder = Holder.decode(raw)
-    return holder.describe() if holder else (raw or "nobody")
+    return Holder.decode(raw).describe() if raw else "nobody"
 
 
 def _digits(value: Any) -> int:

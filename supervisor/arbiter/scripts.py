@@ -183,20 +183,52 @@ return answer('changed', epoch, owner)
 """
 
 # The namespace lease: one daemon supervises a namespace.
-# KEYS[1] lease; ARGV[1] my id, ARGV[2] ttl in ms, ARGV[3] the id to replace ('' for none: take
-# it only if free). Returns {status, holder}: status is mine (taken or renewed) or held.
+# A lease found *missing* at a start is not taken at once: Redis may have just lost it
+# (restarted empty, flushed) while its holder lives and is about to renew it. The starting
+# daemon writes a claim (`claim:<ms>:<its value>`) and takes the lease only once the claim is a
+# TTL old: a live holder renews every third of the TTL, overwrites the claim and keeps the
+# namespace (and one that cannot reach Redis has fenced its children by then). A clean release
+# leaves `released:<value>` for a TTL, so a restart right after a stop waits for nothing.
+# KEYS[1] lease; ARGV[1] my value, ARGV[2] ttl in ms, ARGV[3] a value to replace ('' for none: a
+# dead holder's), ARGV[4] mode: renew (we hold it: take it back if missing or claimed), claim (a
+# start: a missing lease is claimed first), now (a start on a Redis nobody else can reach).
+# Returns {status, holder}: mine (taken or renewed), claiming (holder: ms left) or held.
 LEASE: Final = """
 local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] or (ARGV[3] ~= '' and holder == ARGV[3]) then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return {'mine', ARGV[1]}
+local mine, ttl, mode = ARGV[1], tonumber(ARGV[2]), ARGV[4]
+local function take()
+  redis.call('SET', KEYS[1], mine, 'PX', ttl)
+  return {'mine', mine}
+end
+if holder == mine or (ARGV[3] ~= '' and holder == ARGV[3]) then return take() end
+if holder ~= false and string.sub(holder, 1, 9) == 'released:' then return take() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if holder == false then
+  if mode ~= 'claim' then return take() end
+  redis.call('SET', KEYS[1], 'claim:' .. now .. ':' .. mine, 'PX', 2 * ttl)
+  return {'claiming', tostring(ttl)}
+end
+if string.sub(holder, 1, 6) == 'claim:' then
+  local sep = string.find(holder, ':', 7, true)
+  local since = tonumber(string.sub(holder, 7, (sep or 7) - 1)) or 0
+  local claimant = sep and string.sub(holder, sep + 1) or ''
+  if mode == 'renew' then return take() end
+  if claimant == mine then
+    if now - since >= ttl then return take() end
+    return {'claiming', tostring(ttl - (now - since))}
+  end
 end
 return {'held', holder}
 """
 
-# KEYS[1] lease; ARGV[1] my id. Deletes the lease only if it is mine. Returns 1 or 0.
+# KEYS[1] lease; ARGV[1] my value, ARGV[2] how long the release marker lives (ms). Replaces the
+# lease by `released:<value>` only if it is mine. Returns 1 or 0.
 RELEASE: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], 'released:' .. ARGV[1], 'PX', ARGV[2])
+  return 1
+end
 return 0
 """
 

@@ -21,7 +21,7 @@ import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
-from supervisor.arbiter.arbiter import AdoptStatus, Arbiter, FlipStatus, Holder
+from supervisor.arbiter.arbiter import AdoptStatus, Arbiter, Claiming, FlipStatus, Holder
 from supervisor.arbiter.durable import (
     RESERVE_BLOCK,
     DurableWriteError,
@@ -205,11 +205,65 @@ async def test_one_arbiter_holds_the_lease_and_hands_it_over(
         assert await other.take_lease(10.0) is None
         await other.release_lease()
         assert not other.holds_lease
-        assert redis_server.cli("EXISTS", KEYS.lease) == "0"
-        assert await arbiter.take_lease(10.0) is None  # handed over
+        # A clean release leaves a marker for a TTL: a start takes the lease at once.
+        assert redis_server.cli("GET", KEYS.lease) == "released:" + other.lease_value
+        assert 0 < int(redis_server.cli("PTTL", KEYS.lease)) <= 10_000
+        assert await arbiter.take_lease(10.0, mode="claim") is None  # handed over
     finally:
         other.journal.close()
         await other.redis.aclose()
+
+
+async def test_a_missing_lease_is_claimed_and_a_live_holder_keeps_it(
+    arbiter: Arbiter, redis_server: RedisServer, state_dir: Path
+) -> None:
+    """Redis lost the lease (restarted empty, flushed) while its holder lives: a daemon that
+    starts then must not take it before the holder has had a TTL to renew it."""
+    starter = await arbiter_on(redis_server.url, state_dir / "starter")
+    try:
+        assert await arbiter.take_lease(10.0) is None
+        redis_server.cli("FLUSHALL")
+        claim = await starter.take_lease(10.0, mode="claim")
+        assert isinstance(claim, Claiming)
+        assert 9.0 < claim.wait_s <= 10.0
+        assert redis_server.cli("GET", KEYS.lease).startswith("claim:")
+        assert not starter.holds_lease
+        # Another start meanwhile sees a daemon claiming it, and does not claim it too.
+        third = await arbiter_on(redis_server.url, state_dir / "third")
+        seen = await third.take_lease(10.0, mode="claim")
+        third.journal.close()
+        await third.redis.aclose()
+        assert isinstance(seen, Holder)
+        assert seen.claiming
+        assert "claiming it since" in seen.describe()
+        assert f"pid {os.getpid()}" in seen.describe()
+        # The holder renews over the claim and keeps the namespace; the claimant sees it held.
+        assert await arbiter.take_lease(10.0) is None
+        held = await starter.take_lease(10.0, mode="claim")
+        assert isinstance(held, Holder)
+        assert held.raw == arbiter.lease_value
+        assert not held.claiming
+    finally:
+        starter.journal.close()
+        await starter.redis.aclose()
+
+
+async def test_a_claim_nobody_renews_over_becomes_the_lease_after_a_ttl(
+    arbiter: Arbiter, redis_server: RedisServer
+) -> None:
+    first = await arbiter.take_lease(0.3, mode="claim")
+    assert isinstance(first, Claiming)
+    deadline = time.monotonic() + 10.0
+    while (answer := await arbiter.take_lease(0.3, mode="claim")) is not None:
+        assert isinstance(answer, Claiming)
+        assert answer.wait_s <= 0.3
+        assert time.monotonic() < deadline, "the claim never became the lease"
+        await asyncio.sleep(answer.wait_s / 2)
+    assert arbiter.holds_lease
+    assert redis_server.cli("GET", KEYS.lease) == arbiter.lease_value
+    # The embedded Redis is the daemon's own: a missing lease is taken at once there.
+    redis_server.cli("DEL", KEYS.lease)
+    assert await arbiter.take_lease(0.3, mode="now") is None
 
 
 async def test_a_grant_is_journaled_before_ok_and_put_back_when_redis_forgets(

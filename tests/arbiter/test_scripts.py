@@ -260,16 +260,50 @@ def test_adopt_respects_the_reservation_and_the_lease(r: redis.Redis) -> None:
 
 def test_the_lease_is_taken_once_renewed_by_its_holder_and_released(r: redis.Redis) -> None:
     take = [KEYS.lease]
-    assert run(r, scripts.LEASE, take, ["a", 5000, ""]) == ["mine", "a"]
-    assert run(r, scripts.LEASE, take, ["b", 5000, ""]) == ["held", "a"]
-    assert run(r, scripts.LEASE, take, ["a", 5000, ""]) == ["mine", "a"]  # renewed
+    assert run(r, scripts.LEASE, take, ["a", 5000, "", "now"]) == ["mine", "a"]
+    assert run(r, scripts.LEASE, take, ["b", 5000, "", "claim"]) == ["held", "a"]
+    assert run(r, scripts.LEASE, take, ["a", 5000, "", "renew"]) == ["mine", "a"]  # renewed
     assert 0 < r.pttl(KEYS.lease) <= 5000
-    assert run(r, scripts.LEASE, take, ["b", 5000, "x"]) == ["held", "a"]  # not that holder
-    assert run(r, scripts.LEASE, take, ["b", 5000, "a"]) == ["mine", "b"]  # a found dead
-    assert run(r, scripts.RELEASE, take, ["a"]) == [0]
+    assert run(r, scripts.LEASE, take, ["b", 5000, "x", "claim"]) == ["held", "a"]  # not that one
+    assert run(r, scripts.LEASE, take, ["b", 5000, "a", "claim"]) == ["mine", "b"]  # a found dead
+    assert run(r, scripts.RELEASE, take, ["a", 5000]) == [0]
     assert r.get(KEYS.lease) == "b"
-    assert run(r, scripts.RELEASE, take, ["b"]) == [1]
-    assert r.get(KEYS.lease) is None
+    assert run(r, scripts.RELEASE, take, ["b", 5000]) == [1]
+    assert r.get(KEYS.lease) == "released:b"
+    assert 0 < r.pttl(KEYS.lease) <= 5000
+    assert run(r, scripts.LEASE, take, ["c", 5000, "", "claim"]) == ["mine", "c"]  # at once
+
+
+def test_a_missing_lease_is_claimed_for_a_ttl_and_a_holder_renews_over_the_claim(
+    r: redis.Redis,
+) -> None:
+    take = [KEYS.lease]
+    status, left = run(r, scripts.LEASE, take, ["b", 5000, "", "claim"])
+    assert status == "claiming"
+    assert 4900 <= int(left) <= 5000
+    claim = r.get(KEYS.lease)
+    assert claim is not None
+    assert claim.startswith("claim:")
+    assert claim.endswith(":b")
+    assert 5000 < r.pttl(KEYS.lease) <= 10_000  # outlives its TTL: the claimant takes it then
+    # Asked again, the claim counts down; it does not start over.
+    status, later = run(r, scripts.LEASE, take, ["b", 5000, "", "claim"])
+    assert status == "claiming"
+    assert int(later) <= int(left)
+    assert r.get(KEYS.lease) == claim
+    # Another start sees the claim as held; a live holder renews over it.
+    assert run(r, scripts.LEASE, take, ["c", 5000, "", "claim"]) == ["held", claim]
+    assert run(r, scripts.LEASE, take, ["c", 5000, "", "now"]) == ["held", claim]
+    assert run(r, scripts.LEASE, take, ["a", 5000, "", "renew"]) == ["mine", "a"]
+    assert run(r, scripts.LEASE, take, ["b", 5000, "", "claim"]) == ["held", "a"]
+    # A claim a TTL old (its time is Redis's): the claimant's.
+    r.set(KEYS.lease, "claim:0:b")
+    assert run(r, scripts.LEASE, take, ["b", 5000, "", "claim"]) == ["mine", "b"]
+    # A claim whose time cannot be read is as old as can be: never a claim that lasts forever.
+    r.set(KEYS.lease, "claim:garbage")
+    assert run(r, scripts.LEASE, take, ["b", 5000, "", "claim"])[0] == "held"
+    r.set(KEYS.lease, "claim:x:b")
+    assert run(r, scripts.LEASE, take, ["b", 5000, "", "claim"]) == ["mine", "b"]
 
 
 def test_permit_asks_redis_who_is_calling(r: redis.Redis, redis_server: RedisServer) -> None:
