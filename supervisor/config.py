@@ -96,6 +96,9 @@ class SupervisorSection(_Model):
     # ("wait"). Longer survives longer stalls of the holder; shorter hands over sooner.
     lease_ttl_s: float = Field(10.0, ge=1.0, le=3600.0, allow_inf_nan=False)
     on_lease_held: Literal["refuse", "wait"] = "refuse"
+    # Each color in a cgroup of its own under the daemon's (systemd Delegate=yes), so that
+    # stopping a color kills everything in it: "auto" when the daemon's cgroup is delegated.
+    cgroups: Literal["auto", "off"] = "auto"
 
     @field_validator("namespace")
     @classmethod

@@ -36,6 +36,7 @@ from supervisor.arbiter.durable import SYNC_INTERVAL_S, DurableWriteError
 from supervisor.arbiter.lease import Lease
 from supervisor.arbiter.scripts import Keys
 from supervisor.arbiter.watch import watch_active_key
+from supervisor.children.cgroup import color_cgroups
 from supervisor.children.process import Child, ChildState
 from supervisor.children.reaper import Reaper
 from supervisor.config import Color, Config
@@ -129,6 +130,8 @@ class Deployment:
             }
             for c in Color
         }
+        # Each color in a cgroup of its own, when the daemon's is delegated (children/cgroup.py).
+        self.cgroups = color_cgroups([c.value for c in Color], config.supervisor.cgroups)
         self.children.update(
             (
                 c,
@@ -141,6 +144,7 @@ class Deployment:
                     on_state=self._on_child_state,
                     on_exit=self._on_child_exit,
                     on_orphan_killed=metrics.orphans_killed.inc,
+                    cgroup=self.cgroups.get(c.value),
                 ),
             )
             for c in Color
@@ -247,6 +251,9 @@ class Deployment:
         await asyncio.to_thread(self.arbiter.load_journal)
         await self.lease.take()
         kill_leftovers()  # only once the namespace is ours: they may be another's
+        for color, group in self.cgroups.items():
+            if killed := group.kill():  # what a daemon killed with -9 left, known or not
+                log.warning("killed_leftover_children", color=color, pids=killed, found_by="cgroup")
         self.arbiter.replica_count = await self.arbiter.replicas()
         if not await self.arbiter.enable_notifications():
             log.warning(
@@ -315,6 +322,8 @@ class Deployment:
                 await self._save_state()
         self.arbiter.journal.close()
         self.arbiter.told.close()
+        for group in self.cgroups.values():
+            group.remove()  # empty by now: every child was stopped and its group emptied
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
                 await self.arbiter.release_lease()  # our children are stopped: hand over now

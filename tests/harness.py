@@ -124,8 +124,12 @@ class DaemonProcess:
     daemons a test starts again over the same state (a restart after kill -9) too.
     """
 
-    def __init__(self, directory: Path, config: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, directory: Path, config: Path, env: dict[str, str], cgroup: Path | None = None
+    ) -> None:
         self.dir = directory
+        # A cgroup (v2) directory the daemon is started in, as systemd's Delegate=yes would.
+        self.cgroup = cgroup
         self.config = config
         self.socket = directory / "control.sock"
         self.state_dir = directory / "state"
@@ -153,6 +157,7 @@ class DaemonProcess:
             stderr=asyncio.subprocess.PIPE,
             env=self.env,
             limit=4 << 20,
+            preexec_fn=self._join_cgroup if self.cgroup is not None else None,
         )
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
@@ -162,6 +167,14 @@ class DaemonProcess:
         ]
         if wait_ready:
             await self.wait_log("ready", timeout=20)
+
+    def _join_cgroup(self) -> None:
+        assert self.cgroup is not None
+        fd = os.open(self.cgroup / "cgroup.procs", os.O_WRONLY)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
 
     async def _read(self, stream: asyncio.StreamReader) -> None:
         while line := await stream.readline():
@@ -425,6 +438,7 @@ async def running_daemon(
     wait_ready: bool = True,
     expect_exit: int = 0,
     allow_errors: Set[str] = frozenset(),
+    cgroup: Path | None = None,
 ) -> AsyncIterator[DaemonProcess]:
     """Start ``agentsup run`` with a fresh config; SIGTERM, check and clean up on the way out.
 
@@ -445,7 +459,7 @@ async def running_daemon(
     )
     full_env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
     full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
-    daemon = DaemonProcess(directory, config, full_env)
+    daemon = DaemonProcess(directory, config, full_env, cgroup)
     daemon.expected_exit = expect_exit
 
     async def finish() -> list[str]:

@@ -39,6 +39,7 @@ from tenacity import (
     wait_random,
 )
 
+from supervisor.children.cgroup import ColorCgroup
 from supervisor.children.channel import ChannelProtocol
 from supervisor.children.proctable import ProcessTable, kill_all
 from supervisor.children.proctable import start_time_of as start_time_of
@@ -101,6 +102,7 @@ class Child:
         on_state: Callable[[Child], None],
         on_exit: Callable[[Child, int], None],
         on_orphan_killed: Callable[[], None],
+        cgroup: ColorCgroup | None = None,
     ) -> None:
         self.color = color
         self.cfg = cfg
@@ -110,6 +112,7 @@ class Child:
         self._on_state = on_state
         self._on_exit = on_exit
         self._on_orphan_killed = on_orphan_killed
+        self.cgroup = cgroup  # the color's cgroup, when the daemon has a delegated one
         self.state = ChildState.STOPPED
         self.pid: int | None = None
         self.start_time: int | None = None  # /proc start time of the current process
@@ -314,7 +317,7 @@ class Child:
                     cwd=self.cfg.cwd,
                     pass_fds=(theirs.fileno(),),
                     start_new_session=True,  # its own process group (and session)
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=self._in_child,
                     limit=1 << 20,
                 )
                 self._proc = proc
@@ -335,8 +338,19 @@ class Child:
             raise
         return proc
 
+    def _in_child(self) -> None:
+        _die_with_parent()
+        if self.cgroup is not None:
+            self.cgroup.join_in_child()
+
     async def _watch(self, proc: asyncio.subprocess.Process, ours: socket.socket) -> None:
         self.start_time = start_time_of(proc.pid)
+        if self.cgroup is not None and not self.cgroup.holds(proc.pid):
+            self.log.warning(
+                "cgroup_not_joined",
+                cgroup=str(self.cgroup.path),
+                hint="contained by its process group and the subreaper only",
+            )
         self.descendants = {}
         self.started_at = time.monotonic()
         self.hello = None
@@ -391,6 +405,7 @@ class Child:
             self._kill_group(proc.pid, signal.SIGKILL)
         table = await asyncio.to_thread(ProcessTable.read)
         self._kill_orphans({**self.descendants, **table.left_behind(proc.pid)}, "leader_gone")
+        self._empty_cgroup("leader_gone")
         if self.channel is not None:
             self.channel.close()
             self.channel = None
@@ -436,10 +451,21 @@ class Child:
             self.remember(ProcessTable.read())
             self._kill_group(proc.pid, signal.SIGKILL)
         kill_all(self.descendants)
+        if self.cgroup is not None:
+            self.cgroup.kill()
 
     def _kill_group(self, pid: int, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
+
+    def _empty_cgroup(self, reason: str) -> None:
+        """What is still in the color's cgroup once its process is gone escaped every other
+        look (born and set apart between two readings of /proc): the kernel knows it."""
+        if self.cgroup is None:
+            return
+        for pid in self.cgroup.kill():
+            self.log.warning("orphan_killed", orphan=pid, reason=reason, found_by="cgroup")
+            self._on_orphan_killed()
 
     def _kill_orphans(self, procs: dict[int, int], reason: str) -> None:
         for pid, cmdline in kill_all(procs).items():
