@@ -40,9 +40,13 @@ from supervisor.arbiter.durable import (
     write_atomically,
 )
 from supervisor.errors import LeaseLost, RedisUnavailable
+from supervisor.logs import get as get_logger
+
+log = get_logger("arbiter")
 
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 FLIPS_MAXLEN = 10_000
+RESTORE_ATTEMPTS = 5  # a Redis restarted this often during one restore: the caller tries later
 
 
 class FlipStatus(StrEnum):
@@ -170,6 +174,8 @@ class Arbiter:
         self.seen = max(self.known.epoch if self.known else 0, self.told.value)
         self.seq = self.known.seq if self.known else 0
         self.replica_count = 0  # refreshed by the daemon at start and after each reconnect
+        # A restore of executed keys began and was not seen through (see restore_grants).
+        self.restore_pending = False
         from supervisor.children.process import start_time_of
 
         self.lease_value = orjson.dumps(
@@ -457,27 +463,50 @@ class Arbiter:
     async def restore_grants(self) -> int:
         """Put every journaled grant that has not expired back into Redis (``SET NX`` with
         its remaining time), then raise the grant counter to ours, but only if Redis did not
-        change under us meanwhile (see scripts.FINISH_RESTORE). Returns how many."""
+        change under us meanwhile (see scripts.FINISH_RESTORE). Returns how many.
+
+        The marker alone cannot tell a Redis restarted from a dump taken mid-way (it holds
+        the marker, not every key): the server's ``run_id``, read before and after, can. A
+        change puts the keys back again, into the Redis that is there now; until a restore is
+        seen through, ``restore_pending`` says so (the rollout restores again, whatever the
+        counter in Redis says)."""
         now_ms = int(time.time() * 1000)
         grants = await asyncio.to_thread(lambda: list(self.journal.grants(now_ms)))
-        token = uuid.uuid4().hex
-        try:
-            await self.redis.set(self.keys.restoring, token)
-            for start in range(0, len(grants), 1000):
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for g in grants[start : start + 1000]:
-                        pipe.set(
-                            self.keys.permit(g.key), g.record, nx=True, px=g.expires_ms - now_ms
-                        )
-                    await pipe.execute()
-            done = await self._finish_restore(
-                keys=[self.keys.restoring, self.keys.grant_seq], args=[token, str(self.seq)]
+        self.restore_pending = True
+        for _attempt in range(RESTORE_ATTEMPTS):
+            token = uuid.uuid4().hex
+            try:
+                began_in = await self._run_id()
+                await self.redis.set(self.keys.restoring, token)
+                for start in range(0, len(grants), 1000):
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for g in grants[start : start + 1000]:
+                            pipe.set(
+                                self.keys.permit(g.key),
+                                g.record,
+                                nx=True,
+                                px=max(1, g.expires_ms - now_ms),
+                            )
+                        await pipe.execute()
+                done = await self._finish_restore(
+                    keys=[self.keys.restoring, self.keys.grant_seq], args=[token, str(self.seq)]
+                )
+                same = await self._run_id() == began_in
+            except _TRANSIENT as exc:
+                raise RedisUnavailable(f"grants not restored: {exc}") from exc
+            if done and same:
+                self.restore_pending = False
+                return len(grants)
+            log.warning(
+                "grants_restore_again",
+                hint="Redis changed while the grants were put back (restarted, or a failover)",
             )
-        except _TRANSIENT as exc:
-            raise RedisUnavailable(f"grants not restored: {exc}") from exc
-        if not done:
-            raise RedisUnavailable("Redis changed while the grants were put back; again")
-        return len(grants)
+        raise RedisUnavailable("Redis changed while the grants were put back; again")
+
+    async def _run_id(self) -> str:
+        """The Redis server's run id: new at every start of the process."""
+        info = await self.redis.info("server")
+        return str(info.get("run_id", ""))
 
     # the lease --------------------------------------------------------------------------
     async def _lease_gone(self, holder: str) -> None:

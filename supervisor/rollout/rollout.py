@@ -146,7 +146,11 @@ class Rollout:
         async with self.lock:
             truth = await self.arbiter.read()
             known = self.arbiter.known
-            if truth.epoch < self.arbiter.seen or truth.seq < self.arbiter.seq:
+            if (
+                truth.epoch < self.arbiter.seen
+                or truth.seq < self.arbiter.seq
+                or self.arbiter.restore_pending  # a restore not seen through: its counter lies
+            ):
                 # `seen` includes the last epoch any child was told (epoch.told), written
                 # before every push: Redis is behind what our children heard.
                 nxt = self._next()

@@ -15,13 +15,22 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from supervisor.arbiter.arbiter import AdoptStatus, Arbiter, Claiming, FlipStatus, Holder
+from supervisor.arbiter.arbiter import (
+    RESTORE_ATTEMPTS,
+    AdoptStatus,
+    Arbiter,
+    Claiming,
+    FlipStatus,
+    Holder,
+)
 from supervisor.arbiter.durable import (
     RESERVE_BLOCK,
     DurableWriteError,
@@ -296,31 +305,82 @@ async def test_a_grant_is_journaled_before_ok_and_put_back_when_redis_forgets(
 async def test_a_restore_that_redis_changed_under_is_refused(
     arbiter: Arbiter, redis_server: RedisServer
 ) -> None:
-    """Another restore (or anything else) took the restoring mark meanwhile: this one does
-    not raise the grant counter, and says so; done again undisturbed, it goes through."""
+    """Something else takes the restoring mark at every attempt: the grant counter is never
+    raised, the restore says so and stays pending; undisturbed, it goes through."""
     await arbiter.flip("blue", "start", "test")
     for n in range(3000):  # three batches: time for the mark to be taken between them
         arbiter.journal.append(Grant(n + 1, f"order-{n}", "blue", 1, "tok", 10**15))
     arbiter.seq = 3000
     intruder = Redis.from_url(redis_server.url)
+    marks: list[bytes] = []
+    taking = True
 
     async def take_the_mark() -> None:
-        while not await intruder.exists(KEYS.restoring):
+        while taking:
+            mark = await intruder.get(KEYS.restoring)
+            if mark is not None and mark != b"someone else" and mark not in marks:
+                marks.append(mark)
+                await intruder.set(KEYS.restoring, "someone else")
             await asyncio.sleep(0)
-        await intruder.set(KEYS.restoring, "someone else")
 
     taker = asyncio.create_task(take_the_mark())
     try:
         with pytest.raises(RedisUnavailable, match="changed"):
             await arbiter.restore_grants()
+        assert len(marks) == RESTORE_ATTEMPTS  # each attempt with a mark of its own
         assert redis_server.cli("GET", KEYS.grant_seq) == ""
+        assert arbiter.restore_pending
+        taking = False
+        await asyncio.wait_for(taker, 10)
         assert await arbiter.restore_grants() == 3000
         assert redis_server.cli("GET", KEYS.grant_seq) == "3000"
         assert redis_server.cli("EXISTS", KEYS.restoring) == "0"
+        assert not arbiter.restore_pending
     finally:
         taker.cancel()
         await asyncio.wait({taker}, timeout=10)
         await intruder.aclose()
+
+
+async def test_a_restore_finished_in_a_redis_restarted_from_a_dump_taken_mid_way_is_redone(
+    arbiter: Arbiter, redis_server: RedisServer
+) -> None:
+    """The dump holds the restoring mark but not the keys put after it: the mark alone would
+    let the finish raise the counter over missing keys. The server's run id tells."""
+    await arbiter.flip("blue", "start", "test")
+    for n in range(10):
+        arbiter.journal.append(Grant(n + 1, f"order-{n}", "blue", 1, "tok", 10**15))
+    arbiter.seq = 10
+    finish = arbiter._finish_restore
+    restarts = 0
+
+    async def restarted_first(**kwargs: Any) -> Any:
+        nonlocal restarts
+        if restarts == 0:
+            restarts += 1
+            # A dump taken mid-way: the mark is in it, the keys are not.
+            keys = redis_server.cli("KEYS", "t:permit:*").split()
+            redis_server.cli("DEL", *keys)
+            redis_server.cli("SAVE")
+            redis_server.stop()
+            redis_server.start()
+            assert redis_server.cli("EXISTS", KEYS.restoring) == "1"
+            assert redis_server.cli("EXISTS", KEYS.permit("order-0")) == "0"
+            # The client reconnects without a word (as one with retries, or behind a proxy,
+            # would): the finish reaches the restarted Redis.
+            for _ in range(3):
+                with contextlib.suppress(RedisConnectionError):
+                    await arbiter.redis.ping()
+                    break
+        return await finish(**kwargs)
+
+    arbiter._finish_restore = restarted_first  # type: ignore[method-assign]
+    assert await arbiter.restore_grants() == 10
+    assert restarts == 1
+    for n in range(10):
+        assert redis_server.cli("GET", KEYS.permit(f"order-{n}")) == "blue:1:tok", n
+    assert redis_server.cli("GET", KEYS.grant_seq) == "10"
+    assert not arbiter.restore_pending
 
 
 async def test_a_new_arbiter_takes_the_journals_highest_grant_as_its_floor(
