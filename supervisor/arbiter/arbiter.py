@@ -124,7 +124,7 @@ class Holder:
         """The holder a lease value names (``claim:<ms>:<value>`` is a daemon claiming it;
         anything unreadable is shown as it is)."""
         claiming = raw.startswith("claim:")
-        text = raw.split(":", 2)[2] if claiming and raw.count(":") >= 2 else raw
+        text = raw.split(":", 2)[-1] if claiming else raw
         try:
             d = orjson.loads(text)
             return cls(
