@@ -94,6 +94,7 @@ class Daemon:
             on_fatal=self._fatal,
         )
         self._records_path = sup.state_dir / "children.json"
+        self._leftovers: list[dict[str, Any]] = []  # read at start: see _start
         self.reaper = Reaper(
             self.deployment.children.values(),
             self._records_path,
@@ -178,6 +179,10 @@ class Daemon:
                 f"supervisor.state_dir: cannot create {sup.state_dir}: {exc.strerror}"
             ) from None
         self._lock_state_dir()
+        # What a daemon killed with -9 left, read before our reaper rewrites the file (it does
+        # every half second, while the start may wait a lease's TTL); killed once the lease is
+        # ours (deployment.start).
+        self._leftovers = read_records(self._records_path)
         if self.embedded is not None:
             await self.embedded.start()
         await self._connect_redis()
@@ -347,7 +352,7 @@ class Daemon:
         self._state_lock = fd
 
     def _kill_leftovers(self) -> None:
-        killed = kill_leftovers(read_records(self._records_path))
+        killed = kill_leftovers(self._leftovers)
         if killed:
             log.warning("killed_leftover_children", pids=killed)
 
