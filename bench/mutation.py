@@ -281,6 +281,19 @@ EQUIVALENT: dict[tuple[str, str, str, str], str] = {
         )
         for after in ("if True:", "if truth.seq >= self.arbiter.seq:")
     },
+    **{
+        (_R, "Rollout.start", "if truth.active is not None and observed is None:", after): (
+            "the branch only logs (active_key_invalid); where the flip goes is decided the line "
+            "above"
+        )
+        for after in (
+            "if False:",
+            "if True:",
+            "if truth.active is None and observed is None:",
+            "if truth.active is not None or observed is None:",
+            "if truth.active is not None and observed is not None:",
+        )
+    },
     (_A, "Arbiter.replicas", "return 0", "return None"): (
         "INFO failed: replica_count None and 0 both mean no WAIT"
     ),

@@ -273,3 +273,42 @@ async def test_redis_behind_at_start_gets_this_hosts_record_back(
         assert [c.reason for c in changes] == ["restored"]
         assert (rollout.state.active, rollout.state.candidate) == (Color.GREEN, Color.GREEN)
         assert rollout.state.epoch > told
+
+
+async def test_a_switch_back_to_stable_ends_probation_and_a_switch_lifts_a_rejection(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async with rollout_on(redis_server, tmp_path) as (rollout, _):
+        await rollout.start(Color.BLUE)
+        await rollout.switch(Color.GREEN, "test")
+        s = rollout.state
+        assert (s.stable, s.candidate) == (Color.BLUE, Color.GREEN)
+        assert s.probation_since is not None
+        await rollout.switch(Color.BLUE, "test")  # back to stable: nobody on probation
+        s = rollout.state
+        assert (s.active, s.stable, s.candidate, s.probation_since) == (
+            Color.BLUE,
+            Color.BLUE,
+            None,
+            None,
+        )
+        # An operator's switch to a color whose version was rejected is their decision.
+        rollout.state.rejected[Color.GREEN] = "2.0.0"
+        await rollout.switch(Color.GREEN, "test")
+        assert Color.GREEN not in rollout.state.rejected
+        assert rollout.state.candidate is Color.GREEN
+
+
+async def test_a_restore_not_seen_through_is_done_again_whatever_the_counter_says(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The counter in Redis may have been raised over missing keys (a finish that reached a
+    Redis restarted mid-restore): a pending restore is redone at the next start."""
+    async with rollout_on(redis_server, tmp_path) as (rollout, _):
+        await rollout.start(Color.BLUE)
+        await rollout.arbiter.save_known("blue", rollout.state.fields())
+    async with rollout_on(redis_server, tmp_path) as (rollout, changes):
+        rollout.arbiter.restore_pending = True
+        await rollout.start(Color.BLUE)
+        assert [c.reason for c in changes] == ["restored"]
+        assert not rollout.arbiter.restore_pending
