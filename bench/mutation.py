@@ -107,6 +107,7 @@ TESTS: dict[str, list[str]] = {
     "supervisor/rollout/strategy.py": _ROLLOUT,
     "supervisor/rollout/blue_green.py": _ROLLOUT,
     "supervisor/rollout/responder.py": [
+        "tests/guard/test_responder.py",
         *_E2E_GUARD,
         "tests/test_redis_outage.py",
         "tests/test_stalls.py",
