@@ -38,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("-c", "--config", type=Path, required=True)
     sp = sub.add_parser("demo", help="the whole story on the embedded Redis, no config needed")
     sp.add_argument("--keep", action="store_true", help="keep the demo's state directory")
+    sp.add_argument(
+        "story",
+        nargs="?",
+        choices=["rollback", "handoff", "canary"],
+        default="rollback",
+        help="rollback (default): a bug rolled back; handoff: the state handed over and back; "
+        "canary: 5 %% of the capital first, a bug aborted by the judge",
+    )
     sp = sub.add_parser("check-config", help="validate a config and print the effective one")
     sp.add_argument("-c", "--config", type=Path, required=True)
 
@@ -60,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             from supervisor.daemon import Daemon
             from supervisor.demo.run import demo
 
-            return int(demo(Daemon, keep=args.keep))
+            if args.story == "canary":
+                from supervisor.demo import canary
+
+                return int(canary.demo(Daemon, keep=args.keep))
+            return int(demo(Daemon, keep=args.keep, story=args.story))
         if args.command == "check-config":
             return _check_config(args.config)
         return _control(args)

@@ -6,6 +6,8 @@ a value twice. Secrets (the Redis password) come from the environment, never fro
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import re
 import tomllib
@@ -58,6 +60,24 @@ _GLOB_CHARS = frozenset("*?[]\\")
 FLAG_PREFIX = "flag:"
 # The one key under `{ns}:` an active_key may be: the seed's `agent:active_version`.
 SEED_ACTIVE_NAME = "active_version"
+# What the daemon itself keeps in state_dir (arbiter/durable.py and the rest): no decision log
+# may be written over one of them.
+_STATE_FILES = frozenset(
+    {
+        "epoch",
+        "epoch.told",
+        "state.json",
+        "permits.journal",
+        "children.json",
+        "lock",
+        "redis.sock",
+        "dump.rdb",
+        "appendonlydir",
+        "handoff.json",
+        "handoff-events.jsonl",
+        "snapshots",
+    }
+)
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Query parameters a Redis client may take as the password (redis-py passes unknown ones on).
 _PASSWORD_PARAMS = frozenset({"password", "requirepass", "auth", "pass", "passwd"})
@@ -145,6 +165,9 @@ class RedisSection(_Model):
     # write the permit records: a child could tamper with them); "none" no credentials at all;
     # "full" the daemon's own password (unsafe: a child could move the active key).
     child_access: Literal["none", "read", "permit", "full"] = "read"
+    # Where the feature flags live: `{flags_prefix}{name}`, the seed's `flag:{name}` by
+    # default; another prefix lets several deployments share one Redis (docs/flags.md).
+    flags_prefix: str = Field(FLAG_PREFIX, min_length=1, max_length=100)
 
     @field_validator("url")
     @classmethod
@@ -177,6 +200,11 @@ class RedisSection(_Model):
     def _active_key_safe(cls, v: str) -> str:
         if v.startswith(FLAG_PREFIX):
             raise ValueError(f"must not start with {FLAG_PREFIX!r} (the seed's feature flag keys)")
+        return _key_safe(v)
+
+    @field_validator("flags_prefix")
+    @classmethod
+    def _flags_prefix_safe(cls, v: str) -> str:
         return _key_safe(v)
 
     @field_validator("password_env")
@@ -346,6 +374,173 @@ class RolloutSection(_Model):
     probation_s: float = Field(1800.0, ge=0, le=30 * DAY_S)
 
 
+# The canary judge's metrics (supervisor/rollout/judge.py), each compared between the candidate
+# and the stable color over the same step: return per unit staked, share of rounds won, share of
+# decisions that ended in an error, decision latency, stake size (per unit of allocation),
+# and the mix of decision kinds.
+CanaryMetric = Literal["return", "win_rate", "error_rate", "latency", "stake", "action_mix"]
+CANARY_METRICS: tuple[CanaryMetric, ...] = (
+    "return",
+    "win_rate",
+    "error_rate",
+    "latency",
+    "stake",
+    "action_mix",
+)
+
+
+class CanaryJudgeSection(_Model):
+    """``[canary.judge]``: how a step is judged (docs/canary.md; the numbers were chosen with
+    bench/canary_sim.py)."""
+
+    # At least one: a judge with nothing to compare would pass every step.
+    metrics: list[CanaryMetric] = Field(default_factory=lambda: list(CANARY_METRICS), min_length=1)
+    # At the end of a step, a metric is high or low when its two-sided test's p-value is under
+    # alpha AND the effect (the probability that a candidate sample beats a stable one, less
+    # one half) is at least min_effect: a difference both proven and large enough to matter.
+    alpha: float = Field(0.0002, gt=0, lt=0.5)
+    # Within the step the same test looks again every look_s, at this much stricter level (a
+    # repeated test: its false aborts add up over the looks), so that a bad candidate is
+    # aborted long before the step's end.
+    alpha_running: float = Field(1e-6, gt=0, lt=0.5)
+    min_effect: float = Field(0.1, ge=0, lt=0.5)
+    # Latency fails only when the candidate's median is also at least this many times
+    # stable's (as [triggers.latency] ratio): a decision 10 % slower is proven in seconds at
+    # full speed, and matters to nobody.
+    latency_ratio: float = Field(1.5, ge=1.0, le=1e6)
+    # ... and slower by at least this much: under a millisecond, the difference is the
+    # scheduler's (a color that sleeps between rounds wakes more slowly than a busy one).
+    latency_min_ms: float = Field(1.0, ge=0, le=1e9)
+    # Fewer samples than this of either color: the metric has no data (which never passes).
+    min_samples: int = Field(30, ge=2, le=MAX_COUNT)
+    look_s: ShortSeconds = 1.0
+    # Stakes are compared per unit of allocation (an agent sizes them by its share, as the
+    # seed's router does); "none" compares them as they are (an agent with flat stakes).
+    stakes: Literal["per_allocation", "as_is"] = "per_allocation"
+    # Samples kept per color and metric in a step (the latest); memory stays bounded.
+    max_samples: int = Field(5000, ge=100, le=100_000)
+    # The running looks need this many samples of each color (the step's end min_samples).
+    min_running_samples: int = Field(10, ge=2, le=MAX_COUNT)
+
+
+class CanarySection(_Model):
+    """``[canary]``: capital to the candidate step by step, the split enforced at the permit
+    (docs/canary.md)."""
+
+    # Percent of the capital for the candidate at each step, increasing; the last is 100: the
+    # candidate in charge alone, on probation, as after a switch.
+    steps: list[float] = Field(default_factory=lambda: [5.0, 20.0, 50.0, 100.0])
+    # A step is judged once the candidate has finished this many rounds in it and it has
+    # lasted this long.
+    min_rounds: int = Field(200, ge=1, le=MAX_COUNT)
+    min_seconds: float = Field(60.0, ge=0, le=30 * DAY_S)
+    # A step that passes moves on by itself; false: it waits for `agentsup canary promote`.
+    auto_promote: bool = True
+    # A step held (no data, or a difference not yet proven) this long alerts (once a step); it
+    # never promotes.
+    hold_alert_s: Seconds = 1800.0
+    # The fence grants the candidate while its share of the step's stakes stays within its
+    # allocation plus this (a fraction: 0.01 is one point of share), so that a healthy
+    # candidate's share wandering around its allocation is seldom refused.
+    allowance: float = Field(0.01, ge=0, le=0.5)
+    # Money (the agent's own unit) the candidate may stake in a step beyond that: what lets it
+    # start before stable has staked anything in the step. 0: it waits for stable's first.
+    start_amount: float = Field(0.0, ge=0, le=1e12)
+    judge: CanaryJudgeSection = CanaryJudgeSection()
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_climb_to_100(cls, v: list[float]) -> list[float]:
+        return check_canary_steps(v)
+
+
+def check_canary_steps(steps: list[float]) -> list[float]:
+    """Steps of a canary: increasing percents in (0, 100], the last 100, at least one under.
+
+    >>> check_canary_steps([5, 20, 100])
+    [5, 20, 100]
+    >>> check_canary_steps([20, 5, 100])
+    Traceback (most recent call last):
+    ...
+    ValueError: steps must increase, each in (0, 100], and end at 100 (e.g. 5, 20, 50, 100)
+    """
+    if (
+        len(steps) < 2
+        or steps[-1] != 100
+        or any(not 0 < p <= 100 for p in steps)
+        or any(b <= a for a, b in itertools.pairwise(steps))
+    ):
+        raise ValueError(
+            "steps must increase, each in (0, 100], and end at 100 (e.g. 5, 20, 50, 100)"
+        )
+    return steps
+
+
+class HandoffSection(_Model):
+    """``[handoff]``: moving the acting color's state into the other one (supervisor/handoff)."""
+
+    # A snapshot older than this (by its taken_at) is refused: the seed's five minutes.
+    max_age_s: Seconds = 300.0
+    # The largest state (its canonical JSON) taken or restored; larger goes in chunks on the
+    # channel, up to this. Both the daemon and the SDK (AGENTSUP_HANDOFF_MAX_BYTES) hold to it.
+    max_bytes: int = Field(16 << 20, ge=1024, le=1 << 30)
+    # How long each request to a child may take (quiesce, snapshot, restore): past it the
+    # handoff is aborted and the old color resumed.
+    timeout_s: ShortSeconds = 10.0
+    # The acting color's state is snapshotted this often (0: only on demand, at a handoff
+    # and at SIGTERM), so that a crashed color still leaves a recent state.
+    snapshot_interval_s: float = Field(0.0, ge=0, le=DAY_S)
+    # After a handoff, a rollback gives stable the candidate's state back: from the
+    # candidate within this long, else from its latest snapshot and the events since.
+    rollback_timeout_s: ShortSeconds = 10.0
+
+    @model_validator(mode="after")
+    def _interval_fits(self) -> HandoffSection:
+        if 0 < self.snapshot_interval_s < 1.0:
+            raise ValueError("snapshot_interval_s must be 0 (off) or at least 1 second")
+        return self
+
+
+class DecisionLogSection(_Model):
+    """``[decision_log]``: every decision, execution, outcome, error and flip, one chained JSON
+    line each (supervisor/decisions, docs/decisions.md)."""
+
+    enabled: bool = True
+    # Absolute; unset: decisions.jsonl in state_dir. Rotated files go beside it.
+    path: Path | None = None
+    # "interval": written at once, fdatasync'd every fsync_interval_ms (a power cut loses at
+    # most that much); "always": every batch fdatasync'd before the next is written (group
+    # commit); "never": the kernel's page cache decides.
+    fsync: Literal["interval", "always", "never"] = "interval"
+    fsync_interval_ms: int = Field(100, ge=1, le=60_000)
+    # The current file is rotated past this size or this age (0: never by age), and the
+    # rotated one compressed with gzip (compress = "none" keeps it plain).
+    rotate_bytes: int = Field(128 << 20, ge=4096, le=1 << 40)
+    rotate_age_s: float = Field(86_400.0, ge=0, le=366 * DAY_S)
+    compress: Literal["gzip", "none"] = "gzip"
+    # Rotated files kept (the oldest removed first, and recorded in the log); 0 keeps all.
+    keep: int = Field(0, ge=0, le=MAX_COUNT)
+    # Records waiting for the disk; past it (a disk too slow or full) new records are counted,
+    # not kept, and written as one gap record once the disk takes writes again.
+    max_buffer_bytes: int = Field(64 << 20, ge=64 << 10, le=1 << 32)
+
+    @field_validator("path")
+    @classmethod
+    def _path_absolute(cls, v: Path | None) -> Path | None:
+        if v is None:
+            return v
+        _absolute(v)
+        if v.name in ("", ".", ".."):
+            raise ValueError("must name a file")
+        return v
+
+    @model_validator(mode="after")
+    def _age_fits(self) -> DecisionLogSection:
+        if 0 < self.rotate_age_s < 1.0:
+            raise ValueError("rotate_age_s must be 0 (off) or at least 1 second")
+        return self
+
+
 class AlertsSection(_Model):
     # Every alert is POSTed here as one JSON object; None only logs it.
     webhook_url: str | None = None
@@ -374,6 +569,99 @@ class AlertsSection(_Model):
         return v
 
 
+# A flag's name: a Redis key's last part and a JSON key, readable on a command line.
+FLAG_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+FlagValue = bool | int | float | str
+
+
+def _seed_reads(text: str) -> str | None:
+    """What the seed's ``Flags.get`` makes of a stored string other than the string itself
+    (a bool or a number), or None when it reads it back as text."""
+    if text in ("True", "False"):
+        return "a bool"
+    try:
+        float(text)
+    except ValueError:
+        return None
+    return "a number"
+
+
+class FlagSpec(_Model):
+    """One ``[flags]`` entry: ``game = { type = "choice", choices = [...], default = "dice" }``.
+
+    ``kill_switch`` (a bool flag) is global only: no per-color value overrides it, so turning
+    it off turns the action off for every color at once.
+    """
+
+    type: Literal["bool", "int", "float", "string", "choice"]
+    default: FlagValue
+    min: float | None = None
+    max: float | None = None
+    choices: list[str] | None = None
+    description: str = ""
+    kill_switch: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` (typed) does not fit this flag, or None when it does.
+
+        >>> FlagSpec(type="int", default=50, min=1).problem(0)
+        'must be at least 1'
+        >>> FlagSpec(type="choice", choices=["dice"], default="dice").problem("crash") is None
+        False
+        """
+        kind = self.type
+        if kind == "bool":
+            return None if type(value) is bool else "must be a bool (True or False)"
+        if kind in ("int", "float"):
+            if kind == "int" and type(value) is not int:
+                return "must be an integer"
+            if type(value) not in (int, float) or not math.isfinite(value):
+                return "must be a finite number"
+            if self.min is not None and value < self.min:
+                return f"must be at least {self.min:g}"
+            if self.max is not None and value > self.max:
+                return f"must be at most {self.max:g}"
+            return None
+        if type(value) is not str:
+            return "must be text"
+        if kind == "choice":
+            choices = self.choices or []
+            return None if value in choices else f"must be one of {', '.join(choices)}"
+        seen_as = _seed_reads(value)
+        if seen_as is not None:
+            return f"the seed's Flags.get would read {value[:60]!r} as {seen_as}, not as text"
+        if "\n" in value or "\r" in value:
+            return "must be one line"
+        return None
+
+    @model_validator(mode="after")
+    def _default_fits(self) -> FlagSpec:
+        if self.type == "choice":
+            if not self.choices:
+                raise ValueError("a choice flag needs choices = [...]")
+            for choice in self.choices:
+                if _seed_reads(choice) is not None or not choice:
+                    raise ValueError(
+                        f"choice {choice!r} would not read back as text in the seed's Flags"
+                    )
+        elif self.choices is not None:
+            raise ValueError('choices are only for type = "choice"')
+        if (self.min is not None or self.max is not None) and self.type not in ("int", "float"):
+            raise ValueError("min and max are only for int and float flags")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min must be at most max")
+        if self.kill_switch and self.type != "bool":
+            raise ValueError("a kill_switch must be a bool flag")
+        default = self.default
+        if self.type == "float" and type(default) is int:
+            default = float(default)  # TOML's 2 for a float flag is 2.0
+            object.__setattr__(self, "default", default)
+        why = self.problem(default)
+        if why is not None:
+            raise ValueError(f"default {default!r} does not fit: {why}")
+        return self
+
+
 class Config(_Model):
     supervisor: SupervisorSection = SupervisorSection()
     redis: RedisSection = RedisSection()
@@ -381,7 +669,22 @@ class Config(_Model):
     agents: Agents
     triggers: Triggers = Triggers()
     rollout: RolloutSection = RolloutSection()
+    canary: CanarySection = CanarySection()
+    handoff: HandoffSection = HandoffSection()
+    decision_log: DecisionLogSection = DecisionLogSection()
     alerts: AlertsSection = AlertsSection()
+    # The feature flags' schema (docs/flags.md): name → type, default, bounds, description.
+    flags: dict[str, FlagSpec] = Field(default_factory=dict)
+
+    @field_validator("flags")
+    @classmethod
+    def _flag_names(cls, v: dict[str, FlagSpec]) -> dict[str, FlagSpec]:
+        for name in v:
+            if not FLAG_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not a flag name (letters, digits, _ . -; at most 100)"
+                )
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -432,10 +735,26 @@ class Config(_Model):
                 "agents.green: identical to agents.blue (command, cwd, env and version): "
                 "two slots must differ"
             )
+        prefix = self.redis.flags_prefix
+        if f"{ns}:".startswith(prefix) or prefix.startswith(f"{ns}:"):
+            problems.append(
+                f"redis.flags_prefix: {prefix!r} and supervisor.namespace {ns!r} overlap: the "
+                "flags would fall among the daemon's own keys"
+            )
+        if key.startswith(prefix):
+            problems.append(f"redis.flags_prefix: the active key {key!r} starts with it")
+        log_path = self.decision_log_path
+        if log_path.parent == state_dir and log_path.name in _STATE_FILES:
+            problems.append(f"decision_log.path: {log_path} is one of the daemon's own state files")
         return problems
 
     def redis_password(self) -> str | None:
         return os.environ.get(self.redis.password_env) or None
+
+    @property
+    def decision_log_path(self) -> Path:
+        """``[decision_log] path``, or decisions.jsonl in state_dir when unset."""
+        return self.decision_log.path or self.supervisor.state_dir / "decisions.jsonl"
 
     @property
     def embedded_redis_socket(self) -> Path:

@@ -40,7 +40,12 @@ from supervisor.children.cgroup import color_cgroups
 from supervisor.children.process import Child, ChildState
 from supervisor.children.reaper import Reaper
 from supervisor.config import Color, Config
+from supervisor.decisions import DecisionLog
+from supervisor.decisions.lookup import Earlier, Query
 from supervisor.errors import LeaseLost, RedisUnavailable, Refused
+from supervisor.flags import FlagBook
+from supervisor.flags.watch import watch_flag_keys
+from supervisor.handoff import Handoffs
 from supervisor.identity import ChildAccess
 from supervisor.logs import get as get_logger
 from supervisor.metrics import Metrics
@@ -48,6 +53,7 @@ from supervisor.notify import CHILD_ENV_STRIP
 from supervisor.pipeline import Pipeline
 from supervisor.rollout import Change, Rollout
 from supervisor.rollout.responder import Responder
+from supervisor.rollout.stepper import Stepper
 from supervisor.tasks import Tasks
 
 log = get_logger("deployment")
@@ -110,6 +116,19 @@ class Deployment:
             on_reply=self._on_reply,
             on_lookup=self._on_lookup,
         )
+        # State handoff (supervisor/handoff): snapshots, the handoff's steps, the state going
+        # back on a rollback; it hears the candidate's executions, outcomes and escrows.
+        self.handoff = Handoffs(
+            config,
+            redis=redis,
+            children=self.children,
+            rollout=self.rollout,
+            switch=self.switch,
+            metrics=metrics,
+            alerter=alerter,
+            tasks=tasks,
+        )
+        self.handoff.attach(self.pipeline)
         self.respond = Responder(
             config,
             metrics,
@@ -118,6 +137,17 @@ class Deployment:
             lambda coro: self._job(coro, "rollback"),
             overdue=self.pipeline.escrow.overdue,
         )
+        # The canary's steps (supervisor/rollout/stepper.py): its judge hears both colors.
+        self.canary = Stepper(
+            config,
+            self.rollout,
+            metrics,
+            alerter,
+            lambda coro: self._job(coro, "canary"),
+            children=self.children,
+            stakes_from_permits=config.redis.child_access not in ("permit", "full"),
+        )
+        self.canary.attach(self.pipeline)
         # Each Child copies its env at every spawn: the Redis credentials, known once the
         # users are made at start, are added to these before the first one.
         env = self._child_env()
@@ -151,10 +181,27 @@ class Deployment:
         )
         self.reaper: Reaper | None = None  # the daemon's, for children's records
         self.told: dict[Color, tuple[str, int] | None] = dict.fromkeys(Color)
+        # The decision log (supervisor/decisions): the first subscriber of each event it
+        # records; other features record theirs with self.decisions.record(kind, fields).
+        self.decisions = DecisionLog.for_config(config, metrics, self.told, alerter.send)
+        if self.decisions.enabled:
+            for msg_type, subscriber in self.decisions.subscribers().items():
+                self.pipeline.subscribe(msg_type, subscriber, first=True)
+        # Feature flags (supervisor/flags): every change pushed to both children.
+        self.flags = FlagBook(
+            config,
+            redis,
+            metrics,
+            on_change=self.push_flags,
+            record=lambda kind, fields, color: self.decisions.record(kind, fields, color=color),
+            alert=alerter.send,
+        )
         self.started_at = time.monotonic()
         self.state_write_error: str | None = None  # the last failed write of state_dir
         # Executions whose key memory may have forgotten: checked against Redis's permits.
-        self._lookups: asyncio.Queue[tuple[Color, str, int]] = asyncio.Queue(maxsize=10_000)
+        self._lookups: asyncio.Queue[tuple[Color, str, int, tuple[int | None, int] | None]] = (
+            asyncio.Queue(maxsize=10_000)
+        )
         self._hint = asyncio.Event()
         self._state_dirty = asyncio.Event()
         self._supervisors: list[asyncio.Task[None]] = []
@@ -183,6 +230,46 @@ class Deployment:
         change = await self.rollout.rollback(reason, by, trigger="manual", started=started)
         assert change is not None  # only automatic rollbacks can be a no-op
         return change
+
+    async def handoff_to(self, color: Color, dry_run: bool, by: str) -> dict[str, Any]:
+        return await self.handoff.handoff(color, dry_run=dry_run, by=by)
+
+    async def snapshot(self, color: Color | None) -> dict[str, Any]:
+        return await self.handoff.snapshot_now(color)
+
+    async def canary_start(self, color: Color, steps: list[float] | None, by: str) -> Change:
+        return await self.canary.start(color, steps, by)
+
+    async def canary_set(self, percent: float, by: str) -> Change:
+        return await self.canary.set(percent, by)
+
+    async def canary_promote(self, full: bool, by: str) -> Change:
+        return await self.canary.promote(full, by)
+
+    async def canary_abort(self, reason: str, by: str, started: float) -> Change:
+        return await self.canary.abort(reason, by, started)
+
+    async def canary_status(self) -> dict[str, Any]:
+        return await self.canary.status()
+
+    def flags_list(self) -> list[dict[str, Any]]:
+        return self.flags.listing()
+
+    def flags_get(self, name: str) -> dict[str, Any]:
+        return self.flags.get(name)
+
+    async def flags_set(
+        self, name: str, value: str, color: Color | None, reason: str, by: str
+    ) -> dict[str, Any]:
+        return await self.flags.set(name, value, color, by, reason)
+
+    async def flags_unset(
+        self, name: str, color: Color | None, reason: str, by: str
+    ) -> dict[str, Any]:
+        return await self.flags.unset(name, color, by, reason)
+
+    async def flags_history(self, name: str | None, count: int) -> list[dict[str, Any]]:
+        return await self.flags.history(name, count)
 
     def restart(self, color: Color) -> None:
         child = self.children[color]
@@ -233,6 +320,10 @@ class Deployment:
             "state_write_error": self.state_write_error,
             "lease": "held" if self.arbiter.holds_lease and not self.lease.fenced else "lost",
             "triggers": self.triggers(),
+            "decision_log": self.decisions.describe(),
+            "canary": self.canary.describe(None),
+            "flags": self.flags.describe(),
+            **self.handoff.describe(),  # snapshots, handoff, held
         }
 
     def status_line(self) -> str:
@@ -249,11 +340,13 @@ class Deployment:
         bumped), the loops, the colors' Redis users, then the children."""
         self.reaper = reaper
         await asyncio.to_thread(self.arbiter.load_journal)
+        await asyncio.to_thread(self.handoff.load)
         await self.lease.take()
         kill_leftovers()  # only once the namespace is ours: they may be another's
         for color, group in self.cgroups.items():
             if killed := group.kill():  # what a daemon killed with -9 left, known or not
                 log.warning("killed_leftover_children", color=color, pids=killed, found_by="cgroup")
+        await self.decisions.open()  # before the start's flip, which it records
         self.arbiter.replica_count = await self.arbiter.replicas()
         if not await self.arbiter.enable_notifications():
             log.warning(
@@ -269,6 +362,9 @@ class Deployment:
                 # went away mid-way (a restore of executed keys is started over): no child
                 # starts, so nobody acts, until it can.
                 await asyncio.sleep(1.0)
+        self.handoff.recover()  # a handoff the last daemon left half done: finish or undo it
+        with contextlib.suppress(RedisError, OSError):
+            await self.flags.refresh()  # before the children: their hello gets the values
         log.info(
             "reconciled",
             active=change.active,
@@ -278,12 +374,30 @@ class Deployment:
         )
         loop = self._tasks.loop
         loop(self._lookup_loop(), "double-spend-lookups")
+        if self.decisions.enabled:
+            loop(self.decisions.run(), "decision-log")
+            horizon = float(self.config.redis.permit_ttl_s)
+            loop(self.decisions.lookups.run(self._found_in_log, horizon_s=horizon), "log-lookups")
         loop(self._reconcile_loop(), "reconcile")
         loop(self._state_loop(), "state-writer")
         loop(self._journal_loop(), "journal-sync")
         if self._child_envs[Color.BLUE]["AGENTSUP_PERMITS"] == "direct":
             loop(self.arbiter.tail_grants(), "grant-log-tail")
         loop(self.lease.keep(), "lease")
+        if self.config.handoff.snapshot_interval_s > 0:
+            loop(self.handoff.periodic(), "snapshots")
+        if self.flags.schema:  # no [flags]: nothing to read, watch or push
+            loop(self.flags.run(), "flags")
+            loop(
+                watch_flag_keys(
+                    self.redis,
+                    self.flags.keys.patterns(),
+                    self.flags.hint,
+                    self._redis_up,
+                    self.arbiter.enable_notifications,
+                ),
+                "watch-flag-keys",
+            )
         loop(
             watch_active_key(
                 self.redis,
@@ -305,7 +419,9 @@ class Deployment:
         await asyncio.gather(*(c.spawned.wait() for c in self.children.values()))
 
     async def stop_children(self) -> None:
-        """Quiesce, then stop both within their timeouts (the daemon bounds the whole)."""
+        """Quiesce and snapshot the color in charge, quiesce both, then stop both within
+        their timeouts (the daemon bounds the whole)."""
+        await self.handoff.before_stop()
         for child in self.children.values():
             child.send({"type": "quiesce", "request_id": uuid.uuid4().hex})
         await asyncio.gather(*(c.stop() for c in self.children.values()))
@@ -317,6 +433,7 @@ class Deployment:
 
     async def close(self) -> None:
         """After the children are stopped: the last state written, the lease handed over."""
+        await self.decisions.close()  # every record the children sent, written and synced
         if self._state_dirty.is_set():
             with contextlib.suppress(DurableWriteError):
                 await self._save_state()
@@ -331,11 +448,13 @@ class Deployment:
     def redis_back(self) -> None:
         """Redis answers again: re-read the truth now (notifications were lost meanwhile)."""
         self._hint.set()
+        self.flags.hint()
         self._tasks.job(self._after_reconnect(), "after-reconnect")
 
     async def _after_reconnect(self) -> None:
         await self.arbiter.enable_notifications()  # a restarted Redis forgot them
         self.arbiter.replica_count = await self.arbiter.replicas()
+        await self.handoff.redis_back()  # the snapshots it lost, from state_dir
 
     def _job(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         self._tasks.job(coro, name)
@@ -351,6 +470,8 @@ class Deployment:
     async def housekeeping(self, now: float) -> None:
         """The daemon's housekeeping tick: what is judged by time, probation, the stats."""
         self.pipeline.tick(now)
+        self.handoff.tick(time.time())
+        self.canary.tick(time.time())
         self._check_probation()
         if now - self._last_stats >= PERMIT_STATS_S:
             self._last_stats = now
@@ -442,7 +563,8 @@ class Deployment:
 
     def _on_lookup(self, color: Color, key: str, epoch: int) -> None:
         try:
-            self._lookups.put_nowait((color, key, epoch))
+            # Where the log stands as this execution is judged: its lookup must not find it.
+            self._lookups.put_nowait((color, key, epoch, self.decisions.mark(key)))
         except asyncio.QueueFull:
             log.warning("double_spend_lookup_dropped", key=key, hint="Redis is too slow")
 
@@ -453,16 +575,28 @@ class Deployment:
             while not self._lookups.empty() and len(batch) < 500:
                 batch.append(self._lookups.get_nowait())
             try:
-                records = await self.redis.mget([self.keys.permit(k) for _, k, _ in batch])
+                records = await self.redis.mget([self.keys.permit(k) for _, k, _, _ in batch])
             except (RedisError, OSError):
                 continue  # Redis down: the permit script refuses duplicates meanwhile anyway
             now = time.monotonic()
-            for (color, key, epoch), record in zip(batch, records, strict=True):
+            for (color, key, epoch, mark), record in zip(batch, records, strict=True):
+                if record is None and mark is not None:
+                    # No permit in Redis either: the decision log is the last memory.
+                    self.decisions.lookups.ask(Query(key, color, epoch, *mark))
+                    continue
                 verdict = self.pipeline.double_spend.from_permit_record(
                     color, key, record, epoch, now=now
                 )
                 if verdict is not None:
                     self.respond(verdict)
+
+    def _found_in_log(self, query: Query, earlier: Earlier) -> None:
+        """The decision log says the key judged was executed before (see _lookup_loop)."""
+        verdict = self.pipeline.double_spend.from_log_record(
+            query.color, query.key, earlier.color, earlier.epoch, query.epoch, now=time.monotonic()
+        )
+        if verdict is not None:
+            self.respond(verdict)
 
     def _check_probation(self) -> None:
         s = self.rollout.state
@@ -502,6 +636,8 @@ class Deployment:
 
     # callbacks from the parts -------------------------------------------------------------
     def _on_change(self, change: Change) -> None:
+        self.decisions.change(change)
+        self.handoff.on_change(change)  # after a handoff, a rollback holds stable first
         if change.kind == "flip":
             self.push_roles()
             label = change.reason.split(":", 1)[0]
@@ -509,6 +645,7 @@ class Deployment:
             if change.trigger:
                 self.metrics.rollbacks.labels(change.trigger).inc()
             self.metrics.set_active(change.active, change.epoch)
+            self.canary.on_change(change)
             if change.started is not None:
                 self.metrics.flip_duration.observe(time.monotonic() - change.started)
             if change.active is not change.previous:
@@ -539,9 +676,18 @@ class Deployment:
                 1 if told is not None and told[0] == "active" else 0
             )
 
+    def push_flags(self) -> None:
+        """Tell both children their effective flags (each its own: per-color values over the
+        global ones), and the decision log which flags its records run under."""
+        for color, child in self.children.items():
+            self.decisions.set_flags(color, self.flags.values(color))
+            if child.speaks_protocol:
+                child.send(self.flags.message(color))
+
     def _on_hello(self, child: Child) -> None:
+        self.handoff.on_hello(child)  # a held color is quiesced before its role comes
         self.push_roles()
-        child.send({"type": "flags", "values": {}})
+        child.send(self.flags.message(child.color))
 
     def _on_child_state(self, child: Child) -> None:
         self.metrics.set_child_state(child.color, child.state.value)
@@ -573,20 +719,25 @@ class Deployment:
     async def _permit(self, child: Child, msg: dict[str, Any]) -> None:
         told = self.told[child.color]
         epoch = told[1] if told else self.rollout.state.epoch
-        if told is None or self.lease.fenced:
-            reason = "not_active"
+        if told is None or self.lease.fenced or self.handoff.holds(child.color):
+            reason = "not_active"  # (held: quiesced for a handoff, or until its state is back)
         elif self.rollout.restoring:
             reason = "unavailable"  # executed keys are being put back into Redis
         else:
             # The color is the channel's: a child cannot ask as the other one.
+            amount = msg.get("amount")
+            if amount is not None:
+                self.canary.asked(child.color, amount)
             reason = await self.arbiter.permit(
-                child.color.value, epoch, msg["key"], f"{child.pid}:{msg['request_id']}"
+                child.color.value, epoch, msg["key"], f"{child.pid}:{msg['request_id']}", amount
             )
             if reason == "regressed":
                 self._hint.set()  # Redis went back in time: the reconciler sets it right
                 reason = "unavailable"
             elif reason == "ok":
                 self.pipeline.granted(child.color, msg["key"], epoch)
+                if amount is not None:
+                    self.metrics.stake.labels(child.color.value).inc(abs(amount))
         if reason == "unavailable":
             self.metrics.permits_denied.labels("unavailable").inc()
         child.send(
@@ -601,6 +752,8 @@ class Deployment:
         )
 
     def _on_reply(self, child: Child, msg: dict[str, Any]) -> None:
+        if self.handoff.on_reply(child, msg):
+            return  # a chunk of a snapshot: put together before it resolves its request
         if not child.resolve(msg):
             child.log.debug("unsolicited_reply", type=msg["type"], request_id=msg.get("request_id"))
 
@@ -623,6 +776,8 @@ class Deployment:
                 "AGENTSUP_ACTIVE_KEY": self.config.redis.active_key,
                 "AGENTSUP_PERMIT_TTL_MS": str(self.config.redis.permit_ttl_s * 1000),
                 "AGENTSUP_PERMIT_VALID_MS": str(self.config.redis.permit_valid_ms),
+                # The largest state the SDK sends or takes (chunked past one line).
+                "AGENTSUP_HANDOFF_MAX_BYTES": str(self.config.handoff.max_bytes),
                 # Permits go through the channel (the color is the channel's) unless the
                 # children were given the Redis access a direct permit needs.
                 "AGENTSUP_PERMITS": "direct" if direct else "channel",

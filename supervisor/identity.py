@@ -115,7 +115,7 @@ KEYSPACE_CHANNELS: Final = "__keyspace@*__:*"
 # Commands the permit script (supervisor.arbiter.scripts.PERMIT) writes with. A script runs with
 # its caller's ACL, so a child that calls it directly (``child_access = "permit"``) needs them;
 # tests/test_identity.py fails when the script starts using one that is not listed here.
-PERMIT_SCRIPT_WRITES: Final = ("set", "incr", "hincrby", "xadd")
+PERMIT_SCRIPT_WRITES: Final = ("set", "incr", "hincrby", "hincrbyfloat", "xadd")
 
 _GLOB_SPECIAL: Final = frozenset("*?[]\\")
 # How often the colors' users are checked for (two ACL GETUSER): a Redis restarted empty has

@@ -26,7 +26,14 @@ from supervisor.protocol import ERROR_KINDS
 
 COLORS = (Color.BLUE, Color.GREEN)
 CHILD_STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
-PERMIT_REASONS = ("not_active", "stale_epoch", "duplicate", "unavailable")
+PERMIT_REASONS = (
+    "not_active",
+    "stale_epoch",
+    "duplicate",
+    "unavailable",
+    "over_allocation",
+    "amount_required",
+)
 # Every reason a flip can have but a trigger's, exported at 0 from the start so that increase()
 # sees the very first one; the triggers' (and their severities) come from the pipeline's
 # registry (Metrics.declare_triggers).
@@ -39,7 +46,14 @@ FLIP_REASONS = (
     "epoch_regressed",
     "external_epoch",
     "manual",
+    "canary_start",
+    "canary_step",
+    "canary_promote",
+    "canary_abort",
 )
+# The canary judge's metrics and verdicts (supervisor/rollout/judge.py), exported at 0.
+CANARY_METRICS = ("return", "win_rate", "error_rate", "latency", "stake", "action_mix")
+CANARY_VERDICTS = ("pass", "high", "low", "no_data", "inconclusive")
 # Decision latency buckets, in seconds: agents decide in about a millisecond to a few seconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # A flip is one Lua call plus two socket writes: tens of microseconds to a few milliseconds.
@@ -47,6 +61,29 @@ FLIP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 # How late the event loop woke from a timer: about a millisecond when well, seconds when the
 # whole process stood still (a VM freeze, SIGSTOP).
 STALL_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+# A handoff's phases (the labels of handoff_duration_seconds): each child request, the store,
+# the flip, and ``window``, the whole time nobody may act (quiesce sent to new color told).
+HANDOFF_PHASES = ("quiesce", "snapshot", "store", "restore", "flip", "window", "carry_back")
+# How a handoff ended (handoffs_total{result}); carried_back/carry_back_* are the state going
+# back to stable after a rollback.
+HANDOFF_RESULTS = (
+    "completed",
+    "dry_run",
+    "aborted",
+    "refused",
+    "finished_after_restart",
+    "undone_after_restart",
+    "carried_back",
+    "carry_back_fallback",
+    "carry_back_failed",
+)
+# From a few milliseconds (10 KB over a socketpair) to the tens of seconds a timeout allows.
+HANDOFF_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+# What a write to the decision log can fail at (decision_log_write_failures_total{op}).
+DECISION_LOG_OPS = ("open", "write", "sync", "rotate", "compress", "retention")
+# An fdatasync of a batch: tens of microseconds on a fast SSD to seconds on a busy disk.
+FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5)
 
 
 class Metrics:
@@ -124,6 +161,27 @@ class Metrics:
         self.canary_allocation = Gauge(
             p + "canary_allocation", "Fraction of capital a color may use", ["color"], registry=r
         )
+        self.canary_step = Gauge(
+            p + "canary_step", "The canary's step, counted from 1 (0: no canary)", registry=r
+        )
+        self.canary_held = Gauge(
+            p + "canary_held",
+            "1 while a canary step has neither passed nor failed past min_seconds + hold_alert_s",
+            registry=r,
+        )
+        self.canary_verdicts = Counter(
+            p + "canary_verdicts_total",
+            "The canary judge's verdicts, by metric (at each step's end, and a running "
+            "look's failure)",
+            ["metric", "verdict"],
+            registry=r,
+        )
+        self.stake = Counter(
+            p + "stake_total",
+            "Money staked under permits granted through the daemon (their amount), by color",
+            ["color"],
+            registry=r,
+        )
         self.flip_duration = Histogram(
             p + "flip_duration_seconds",
             "Verdict to flip committed and both children told",
@@ -200,6 +258,103 @@ class Metrics:
             "Stalls of the daemon's own event loop long enough to move the children's clocks",
             registry=r,
         )
+        self.handoff_duration = Histogram(
+            p + "handoff_duration_seconds",
+            "Time of each phase of a handoff; window: quiesce sent to the new color told active",
+            ["phase"],
+            buckets=HANDOFF_BUCKETS,
+            registry=r,
+        )
+        self.handoffs = Counter(
+            p + "handoffs_total", "Handoffs of state, by how they ended", ["result"], registry=r
+        )
+        self.snapshot_age = Gauge(
+            p + "snapshot_age_seconds",
+            "Age of the color's latest stored snapshot (since its taken_at); "
+            "since the daemon started while it has none",
+            ["color"],
+            registry=r,
+        )
+        self.snapshot_bytes = Gauge(
+            p + "snapshot_bytes",
+            "Size of the color's latest stored snapshot (canonical JSON); 0: none",
+            ["color"],
+            registry=r,
+        )
+        self.snapshot_interval = Gauge(
+            p + "snapshot_interval_seconds",
+            "handoff.snapshot_interval_s: how often the acting color is snapshotted (0: off)",
+            registry=r,
+        )
+        for phase in HANDOFF_PHASES:
+            self.handoff_duration.labels(phase)
+        for result in HANDOFF_RESULTS:
+            self.handoffs.labels(result)
+
+        # The decision log (supervisor/decisions): counted per batch, never per record.
+        self.decision_log_records = Counter(
+            p + "decision_log_records_total",
+            "Records written to the decision log (gap records included)",
+            registry=r,
+        )
+        self.decision_log_bytes = Counter(
+            p + "decision_log_bytes_total", "Bytes written to the decision log", registry=r
+        )
+        self.decision_log_fsync = Histogram(
+            p + "decision_log_fsync_seconds",
+            "Time of each fdatasync of the decision log",
+            buckets=FSYNC_BUCKETS,
+            registry=r,
+        )
+        self.decision_log_gaps = Counter(
+            p + "decision_log_gaps_total",
+            "Gap records written: records the log could not keep, counted in one record",
+            registry=r,
+        )
+        self.decision_log_dropped = Counter(
+            p + "decision_log_dropped_records_total",
+            "Records not written (counted in a gap record instead): the disk failed or fell "
+            "behind by more than max_buffer_bytes",
+            registry=r,
+        )
+        self.decision_log_failures = Counter(
+            p + "decision_log_write_failures_total",
+            "Failed operations on the decision log's files, by operation",
+            ["op"],
+            registry=r,
+        )
+        # Feature flags (supervisor/flags): labelled by the schema's names, a bounded set.
+        self.flag_changes = Counter(
+            p + "flag_changes_total",
+            "Flag values changed, by flag and by where (control: agentsup; redis: behind its back)",
+            ["flag", "source"],
+            registry=r,
+        )
+        self.flag_invalid_total = Counter(
+            p + "flag_invalid_total",
+            "Raw flag values found in Redis that do not fit the schema (the children kept the "
+            "last good value)",
+            ["flag"],
+            registry=r,
+        )
+        self.flag_invalid = Gauge(
+            p + "flag_value_invalid",
+            "1 while a key of this flag holds a value that does not fit the schema",
+            ["flag"],
+            registry=r,
+        )
+        self.decision_log_failing = Gauge(
+            p + "decision_log_failing",
+            "1 while the decision log cannot write (records wait in memory, then are counted)",
+            registry=r,
+        )
+        self.decision_log_pending = Gauge(
+            p + "decision_log_pending_bytes",
+            "Bytes of records waiting for the decision log's disk",
+            registry=r,
+        )
+        for op in DECISION_LOG_OPS:
+            self.decision_log_failures.labels(op)
 
         # Bound children for the hot path, and every label set touched once so that every
         # series exists from the first scrape (a missing series hides an alert).
@@ -213,6 +368,9 @@ class Metrics:
             self.child_up.labels(c.value)
             self.child_restarts.labels(c.value)
             self.canary_allocation.labels(c.value)
+            self.stake.labels(c.value)
+            self.snapshot_age.labels(c.value)
+            self.snapshot_bytes.labels(c.value)
             for kind in ERROR_KINDS:
                 self.protocol_errors.labels(c.value, kind)
             for state in CHILD_STATES:
@@ -220,6 +378,11 @@ class Metrics:
         for reason in PERMIT_REASONS:
             self.permits_denied.labels(reason)
         self.rollbacks.labels("manual")
+        self.rollbacks.labels("canary_judge")
+        self.alerts_sent.labels("canary_judge")
+        for metric in CANARY_METRICS:
+            for verdict in CANARY_VERDICTS:
+                self.canary_verdicts.labels(metric, verdict)
         for reason in FLIP_REASONS:
             self.flips.labels(reason)
         self.redis_up.set(0)
@@ -244,7 +407,8 @@ class Metrics:
         self.active_epoch.set(epoch)
         for c in COLORS:
             self.active.labels(c.value).set(1 if c is active else 0)
-            # Blue-green: the color in charge may use all of the capital, the other none.
+            # Blue-green: the color in charge may use all of the capital, the other none (a
+            # canary sets its split right after: supervisor/rollout/stepper.py).
             self.canary_allocation.labels(c.value).set(1.0 if c is active else 0.0)
 
     def serve(self, host: str, port: int) -> int:

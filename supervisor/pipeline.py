@@ -11,7 +11,8 @@ the latency trigger's few float operations. Anything slow (a flip, a permit, an 
 handed to the deployment's callbacks, which schedule it.
 
 Later subscribers join the same way, without a change here: the decision log as
-``pipeline.subscribe("decision", log.record)`` (and ``execution``, ``outcome``), the shadow
+``pipeline.subscribe("decision", log.on_event, first=True)`` (and ``execution``, ``outcome``,
+``error``; first, so that it records what the checks then judge), the shadow
 comparator on ``decision`` and ``mirror_result``, the deploy gates on ``context`` and
 ``escrow``. A subscriber must be as quick as the line rate needs (hand anything slow to a
 task), and may return a Verdict to have it acted on like a trigger's.
@@ -49,7 +50,9 @@ MESSAGE_TYPES: Final = (
     "escrow",
     "context",
     "snapshot",
+    "snapshot_chunk",
     "restored",
+    "quiesced",
     "mirror_result",
     "permit",
     EXIT,
@@ -134,7 +137,9 @@ class Pipeline:
             ("context", self._context),
             ("permit", on_permit),
             ("snapshot", on_reply),
+            ("snapshot_chunk", on_reply),
             ("restored", on_reply),
+            ("quiesced", on_reply),
             ("mirror_result", on_reply),
         ]
         for msg_type, subscriber in builtins:
@@ -154,13 +159,18 @@ class Pipeline:
         self.double_spend: DoubleSpend = self._double_spend.judge
         self.escrow: EscrowGap = self.evaluator(EscrowGapEvaluator).judge
 
-    def subscribe(self, msg_type: str, subscriber: Subscriber) -> None:
+    def subscribe(self, msg_type: str, subscriber: Subscriber, *, first: bool = False) -> None:
         """Call ``subscriber(child, msg)`` for every message of ``msg_type``, after those that
-        subscribed before it; a Verdict it returns goes to the responder."""
+        subscribed before it (before all of them with ``first``: the decision log, so that an
+        event is recorded before anything it causes, and whatever a later subscriber does);
+        a Verdict it returns goes to the responder."""
         subscribers = self._subscribers.get(msg_type)
         if subscribers is None:
             raise ValueError(f"no message type {msg_type!r} (one of {', '.join(MESSAGE_TYPES)})")
-        subscribers.append(subscriber)
+        if first:
+            subscribers.insert(0, subscriber)
+        else:
+            subscribers.append(subscriber)
 
     def evaluator(self, kind: type[E]) -> E:
         """The registered evaluator of class ``kind``."""

@@ -622,6 +622,7 @@ async def test_snapshot_restore_and_mirror_hooks_answer(
     async with supervised(monkeypatch, **hooks) as (_, sup):
         await sup.send({"type": "snapshot_request", "request_id": "s1"})
         snap = await sup.next("snapshot")
+        assert abs(snap.pop("taken_at") - time.time()) < 60  # when the hook read the state
         assert snap == {
             "type": "snapshot",
             "request_id": "s1",

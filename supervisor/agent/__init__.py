@@ -41,13 +41,24 @@ later permit without asking anybody.
 """
 
 from supervisor.agent.client import Agent
+from supervisor.agent.migrations import Migrations, NoMigration
 from supervisor.agent.types import Decision, Permit, PermitReason, Role, state_digest
 
 # The hook signatures, importable from here as before the split (not part of ``*``).
 from supervisor.agent.types import MirrorHook as MirrorHook
 from supervisor.agent.types import PlainHook as PlainHook
+from supervisor.agent.types import ReplayHook as ReplayHook
 from supervisor.agent.types import RestoreHook as RestoreHook
 from supervisor.agent.types import RoleCallback as RoleCallback
 from supervisor.agent.types import SnapshotHook as SnapshotHook
 
-__all__ = ["Agent", "Decision", "Permit", "PermitReason", "Role", "state_digest"]
+__all__ = [
+    "Agent",
+    "Decision",
+    "Migrations",
+    "NoMigration",
+    "Permit",
+    "PermitReason",
+    "Role",
+    "state_digest",
+]

@@ -6,23 +6,32 @@ message without ever blocking (:meth:`Channel._send`), reads and splits the supe
 in chunks, hands each to its handler, answers requests with the agent's hooks, and marks the
 agent lost when the channel closes. The public API (construction, permits, reports, hook
 registration) is the Agent's, in :mod:`supervisor.agent.client`.
+
+The handoff's requests (docs/handoff.md): ``quiesce`` is answered ``quiesced`` once the work
+in flight (:meth:`Agent.in_flight`) is done; ``snapshot_request`` with the state, migrated
+down to a schema of ``accept`` when the supervisor asks for one, in chunks when it does not
+fit one line; ``restore`` (or its ``restore_chunk`` frames) with the digest of the state
+received, after migrating it up and handing it to the restore hook. A hook that raises is
+answered with an ``error``, so the supervisor aborts at once instead of waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import logging
 import secrets
 import time
 import traceback as _traceback
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 
+from supervisor.agent.migrations import Migrations, NoMigration
 from supervisor.agent.types import (
     _REASONS,
     _ROLES,
@@ -30,12 +39,19 @@ from supervisor.agent.types import (
     Permit,
     PermitReason,
     PlainHook,
+    ReplayHook,
     RestoreHook,
     Role,
     RoleCallback,
     SnapshotHook,
 )
-from supervisor.protocol import MAX_LINE
+from supervisor.protocol import (
+    MAX_LINE,
+    Reassembly,
+    canonical,
+    chunk_frames,
+    digest,
+)
 
 # One logger for the whole SDK, under the name it had as a single module.
 log = logging.getLogger("supervisor.agent")
@@ -46,6 +62,9 @@ _READ_CHUNK: Final = 1 << 16
 # Past this much unsent data the supervisor is not reading: reports are dropped, not queued
 # without bound (a hung daemon must not grow the agent's memory).
 _MAX_WRITE_BUFFER: Final = 8 << 20
+# What a snapshot's line holds besides its schema and state (type, request_id, taken_at).
+_SNAPSHOT_OVERHEAD: Final = 256
+DEFAULT_MAX_STATE_BYTES: Final = 16 << 20  # handoff.max_bytes' default
 
 
 async def _resolve(value: T | Awaitable[T]) -> T:
@@ -65,7 +84,20 @@ class Channel:
         self._epoch: int | None = None
         self._allocation = 0.0
         self._flags: Mapping[str, Any] = MappingProxyType({})
+        # Where each flag's value comes from (color, global, default), when the push says.
+        self._flag_sources: Mapping[str, str] = MappingProxyType({})
         self._quiesced = False
+        #: The schema of this agent's state (None: not said), and how others migrate to it.
+        self.schema: str | None = None
+        self.migrations = Migrations()
+        self._max_state_bytes = DEFAULT_MAX_STATE_BYTES
+        self._in_flight = 0
+        self._idle = asyncio.Event()  # set while nothing is in flight
+        self._idle.set()
+        self._restoring = 0  # restores being applied: permits wait for them
+        self._restored = asyncio.Event()
+        self._restored.set()
+        self._restore_chunks: dict[str, Reassembly] = {}
         #: Set once the channel to the supervisor is closed: the agent may no longer act.
         self.lost = asyncio.Event()
         #: Reports that could not be sent (channel closed, or the supervisor not reading).
@@ -82,11 +114,13 @@ class Channel:
         self._bad_logged_at = -1e9
 
         self._on_role: list[RoleCallback] = []
+        self._on_flags: list[Callable[[Mapping[str, Any]], object]] = []
         self._on_snapshot: SnapshotHook | None = None
         self._on_restore: RestoreHook | None = None
         self._on_mirror: MirrorHook | None = None
         self._on_quiesce: PlainHook | None = None
         self._on_resume: PlainHook | None = None
+        self._on_replay: ReplayHook | None = None
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "role": self._handle_role,
             "flags": self._handle_flags,
@@ -95,6 +129,7 @@ class Channel:
             "resume": self._handle_resume,
             "snapshot_request": self._handle_snapshot_request,
             "restore": self._handle_restore,
+            "restore_chunk": self._handle_restore_chunk,
             "mirror": self._handle_mirror,
             "error": self._handle_error,
         }
@@ -258,8 +293,17 @@ class Channel:
         values = msg["values"]
         if type(values) is not dict:
             raise ValueError("values must be an object")
+        sources = msg.get("sources")
         self._flags = MappingProxyType(values)
+        self._flag_sources = MappingProxyType(
+            {k: v for k, v in sources.items() if type(v) is str} if type(sources) is dict else {}
+        )
         self._changed_now()
+        for fn in self._on_flags:
+            try:
+                fn(self._flags)
+            except Exception:
+                log.exception("on_flags callback failed")
 
     def _handle_permit_result(self, msg: dict[str, Any]) -> None:
         request_id = msg["request_id"]
@@ -273,9 +317,56 @@ class Channel:
         future.set_result(Permit(granted, reason, epoch if type(epoch) is int else None, key))
 
     def _handle_quiesce(self, msg: dict[str, Any]) -> None:
+        # From this line on no permit is asked (refused locally); the answer waits for what
+        # is in flight, then the hook.
         self._quiesced = True
         self._changed_now()
-        self._call_plain(self._on_quiesce, "on_quiesce")
+        request_id = msg.get("request_id")
+        hook = self._on_quiesce
+
+        async def answer() -> None:
+            try:
+                await self._idle.wait()
+                if hook is not None:
+                    await _resolve(hook())
+            except Exception as exc:
+                self._reply_failed("quiesced", request_id, f"on_quiesce hook failed: {exc!r}")
+                raise
+            if type(request_id) is str:
+                self._send({"type": "quiesced", "request_id": request_id})
+
+        self._spawn(self._guarded(answer(), "on_quiesce"), "agentsup-quiesce")
+
+    @contextlib.asynccontextmanager
+    async def in_flight(self) -> AsyncIterator[None]:
+        """Work that a quiesce must wait for: the supervisor hears ``quiesced`` only once
+        every such block has ended (and new permits are refused from the quiesce on)::
+
+            async with agent.in_flight():
+                permit = await agent.permit(key)
+                if permit and agent.still_valid(permit):
+                    venue.place(client_order_id=permit.client_order_id, stake=stake)
+                    agent.execution(d.id, permit.key, stake)
+        """
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    def _reply_failed(self, msg_type: str, request_id: Any, why: str) -> None:
+        """Answer a request with its failure, so that the supervisor does not wait for it."""
+        if type(request_id) is not str:
+            return
+        msg: dict[str, Any] = {"type": msg_type, "request_id": request_id, "error": why[:2000]}
+        if msg_type == "snapshot":
+            msg.update(schema=None, state=None)
+        elif msg_type == "restored":
+            msg["digest"] = ""
+        self._send(msg)
 
     def _handle_resume(self, msg: dict[str, Any]) -> None:
         self._quiesced = False
@@ -299,30 +390,137 @@ class Channel:
 
     def _handle_snapshot_request(self, msg: dict[str, Any]) -> None:
         request_id, hook = self._request_id(msg), self._on_snapshot
+        accept = msg.get("accept")
         if hook is None:
             log.warning("snapshot requested but no on_snapshot hook is set")
+            self._reply_failed("snapshot", request_id, "this agent has no on_snapshot hook")
             return
 
         async def answer() -> None:
-            schema, state = await _resolve(hook())
-            self._send(
-                {"type": "snapshot", "request_id": request_id, "schema": schema, "state": state}
-            )
+            taken_at = time.time()
+            try:
+                # (schema, state), or (schema, state, taken_at) for a state read earlier.
+                schema, state, *when = await _resolve(hook())
+                if when:
+                    taken_at = float(when[0])
+                schema, state = self._for_accept(schema, state, accept)
+                payload = canonical({"schema": schema, "state": state, "taken_at": taken_at})
+            except Exception as exc:
+                self._reply_failed("snapshot", request_id, f"on_snapshot failed: {exc!r}")
+                raise
+            if len(payload) > self._max_state_bytes:
+                why = f"the state is {len(payload)} bytes, over {self._max_state_bytes}"
+                self._reply_failed("snapshot", request_id, why)
+                raise ValueError(why)
+            if len(payload) + _SNAPSHOT_OVERHEAD <= MAX_LINE:
+                self._send(
+                    {
+                        "type": "snapshot",
+                        "request_id": request_id,
+                        "schema": schema,
+                        "state": state,
+                        "taken_at": taken_at,
+                    }
+                )
+                return
+            await self._send_frames(chunk_frames("snapshot_chunk", request_id, payload))
 
         self._spawn(self._guarded(answer(), "on_snapshot"), "agentsup-snapshot")
 
+    def _for_accept(self, schema: Any, state: Any, accept: Any) -> tuple[Any, Any]:
+        """The state in a schema the receiver reads (``accept``), migrated down (or up) when
+        this agent's own is not one of them and a chain of migrations leads to one."""
+        if type(accept) is not list or not accept or schema in accept or type(schema) is not str:
+            return schema, state
+        wanted = [a for a in accept if type(a) is str]
+        goal = self.migrations.first_reachable(schema, wanted)
+        if goal is None:
+            log.warning("no migration from %r to any of %r: sent as it is", schema, wanted)
+            return schema, state
+        return goal, self.migrations.migrate(state, schema, goal)
+
+    async def _send_frames(self, frames: Any) -> None:
+        """Chunks of one large message, each after the one before has drained."""
+        writer = self._writer
+        for frame in frames:
+            if not self._send(frame):
+                raise ConnectionError("the channel is closed: chunks not sent")
+            if writer is not None:
+                await writer.drain()
+
     def _handle_restore(self, msg: dict[str, Any]) -> None:
-        request_id, hook = self._request_id(msg), self._on_restore
-        schema, state = msg["schema"], msg["state"]
+        request_id = self._request_id(msg)
+        self._start_restore(request_id, msg["schema"], msg["state"], msg.get("events"))
+
+    def _handle_restore_chunk(self, msg: dict[str, Any]) -> None:
+        request_id = self._request_id(msg)
+        assembly = self._restore_chunks.get(request_id)
+        if assembly is None:
+            if msg.get("index") != 0:
+                return  # the rest of a transfer already refused: nothing to answer twice
+            # The JSON around the state (schema, events) is in the chunks too.
+            assembly = Reassembly(self._max_state_bytes + (4 << 20))
+            self._restore_chunks[request_id] = assembly
+        try:
+            payload = assembly.add(msg)
+            body = None if payload is None else orjson.loads(payload)
+        except (ValueError, orjson.JSONDecodeError) as exc:
+            self._restore_chunks.pop(request_id, None)
+            self._reply_failed("restored", request_id, f"chunked restore refused: {exc}")
+            return
+        if payload is None:
+            return
+        self._restore_chunks.pop(request_id, None)
+        if type(body) is not dict or "state" not in body:
+            self._reply_failed("restored", request_id, "chunked restore is not a JSON object")
+            return
+        self._start_restore(request_id, body.get("schema"), body["state"], body.get("events"))
+
+    def _start_restore(self, request_id: str, schema: Any, state: Any, events: Any) -> None:
+        hook = self._on_restore
         if hook is None:
             log.warning("restore requested but no on_restore hook is set")
+            self._reply_failed("restored", request_id, "this agent has no on_restore hook")
             return
+        # Permits wait from now until the state is in (a restore lands on an agent that may
+        # be about to act: after a rollback it is the one in charge).
+        self._restoring += 1
+        self._restored.clear()
 
         async def answer() -> None:
-            digest = await _resolve(hook(schema, state))
-            self._send({"type": "restored", "request_id": request_id, "digest": str(digest)})
+            try:
+                received = digest(canonical(state))  # what was received, before migrating
+                if self.schema is not None and type(schema) is str and schema != self.schema:
+                    mine = self.migrations.migrate(state, schema, self.schema)
+                    await _resolve(hook(self.schema, mine))
+                else:
+                    await _resolve(hook(schema, state))
+                if events and self._on_replay is not None:
+                    await _resolve(self._on_replay(list(events)))
+            except NoMigration as exc:
+                self._reply_failed("restored", request_id, str(exc))
+                raise
+            except Exception as exc:
+                self._reply_failed("restored", request_id, f"on_restore failed: {exc!r}")
+                raise
+            finally:
+                self._restoring -= 1
+                if self._restoring == 0:
+                    self._restored.set()
+            self._send({"type": "restored", "request_id": request_id, "digest": received})
 
         self._spawn(self._guarded(answer(), "on_restore"), "agentsup-restore")
+
+    async def _wait_restored(self, limit: float) -> bool:
+        """Hold a permit while a restore is being applied; False if it outlasts ``limit``."""
+        if self._restored.is_set():
+            return True
+        try:
+            async with asyncio.timeout(limit):
+                await self._restored.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def _handle_mirror(self, msg: dict[str, Any]) -> None:
         request_id, hook = self._request_id(msg), self._on_mirror

@@ -13,10 +13,11 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Final
 
@@ -27,7 +28,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from supervisor.agent.channel import Channel
+from supervisor.agent.channel import DEFAULT_MAX_STATE_BYTES, Channel
+from supervisor.agent.migrations import Migrations
 from supervisor.agent.types import (
     _REASONS,
     Decision,
@@ -35,6 +37,7 @@ from supervisor.agent.types import (
     Permit,
     PermitReason,
     PlainHook,
+    ReplayHook,
     RestoreHook,
     Role,
     RoleCallback,
@@ -78,6 +81,8 @@ class Agent(Channel):
         redis_timeout: float = 0.5,
         permits: str = "channel",
         permit_valid_ms: int = 2000,
+        schema: str | None = None,
+        max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
     ) -> None:
         if heartbeat_interval <= 0 or redis_timeout <= 0 or permit_ttl_ms <= 0:
             raise ValueError("heartbeat_interval, redis_timeout and permit_ttl_ms must be > 0")
@@ -85,6 +90,8 @@ class Agent(Channel):
             raise ValueError(f"permits must be 'channel' or 'direct', not {permits!r}")
         if permit_valid_ms <= 0:
             raise ValueError("permit_valid_ms must be > 0")
+        if max_state_bytes <= 0:
+            raise ValueError("max_state_bytes must be > 0")
         self.color = color
         self.version = version
         self._fd = fd
@@ -102,6 +109,8 @@ class Agent(Channel):
         self._script: Any = None
         self._entered = False
         super().__init__()  # what the pushes keep, the writer, the hooks (see Channel)
+        self.schema = schema
+        self._max_state_bytes = max_state_bytes
 
     # ---------------------------------------------------------------- construction, lifetime
 
@@ -115,14 +124,18 @@ class Agent(Channel):
         on_snapshot: SnapshotHook | None = None,
         on_restore: RestoreHook | None = None,
         on_mirror: MirrorHook | None = None,
+        schema: str | None = None,
+        migrations: Migrations | None = None,
     ) -> Agent:
         """An agent configured from the supervisor's environment (``os.environ`` by default).
 
         The channel opens when the ``async with`` block is entered. Raises
         :class:`~supervisor.errors.NotSupervised` when ``AGENTSUP_FD`` (or another variable
-        the supervisor always sets) is missing or malformed::
+        the supervisor always sets) is missing or malformed. ``schema`` names the schema of
+        this version's state; ``migrations`` (or :attr:`migrations`, before entering) how
+        other schemas come to it and go back (:mod:`supervisor.agent.migrations`)::
 
-            async with Agent.connect(on_mirror=strategy) as agent:
+            async with Agent.connect(on_mirror=strategy, schema="book/2") as agent:
                 ...
         """
         env = os.environ if env is None else env
@@ -163,7 +176,11 @@ class Agent(Channel):
             redis_timeout=redis_timeout,
             permits=permits,
             permit_valid_ms=valid,
+            schema=schema,
+            max_state_bytes=_env_int(env, "AGENTSUP_HANDOFF_MAX_BYTES", DEFAULT_MAX_STATE_BYTES),
         )
+        if migrations is not None:
+            agent.migrations = migrations
         agent._on_snapshot = on_snapshot
         agent._on_restore = on_restore
         agent._on_mirror = on_mirror
@@ -194,15 +211,18 @@ class Agent(Channel):
                 client_name=f"agentsup-{self.color}",
             )
             self._script = self._redis.register_script(PERMIT)
-        self._send(
-            {
-                "type": "hello",
-                "version": self.version,
-                "pid": os.getpid(),
-                "protocol": PROTOCOL_VERSION,
-                "capabilities": self.capabilities,
-            }
-        )
+        hello: dict[str, Any] = {
+            "type": "hello",
+            "version": self.version,
+            "pid": os.getpid(),
+            "protocol": PROTOCOL_VERSION,
+            "capabilities": self.capabilities,
+        }
+        if self.schema is not None:
+            # What a handoff needs to know: the schema it gives, every one it can take.
+            hello["schema"] = self.schema
+            hello["reads"] = self.migrations.connected(self.schema)
+        self._send(hello)
         self._spawn(self._read_loop(reader), "agentsup-reader")
         self._spawn(self._heartbeat_loop(), "agentsup-heartbeat")
         return self
@@ -299,6 +319,18 @@ class Agent(Channel):
         return self._flags
 
     @property
+    def flag_sources(self) -> Mapping[str, str]:
+        """Where each pushed flag's value comes from: ``color`` (this color's own value),
+        ``global`` or ``default`` (the schema's). Empty until the first push.
+
+        For example::
+
+            if agent.flag_sources.get("game") == "color":
+                log.info("playing this color's own game: %s", agent.flags["game"])
+        """
+        return self._flag_sources
+
+    @property
     def is_active(self) -> bool:
         """True while the last role push said ``active``."""
         return self._role is Role.ACTIVE
@@ -332,6 +364,19 @@ class Agent(Channel):
             return False
         return True
 
+    def on_flags(
+        self, fn: Callable[[Mapping[str, Any]], object]
+    ) -> Callable[[Mapping[str, Any]], object]:
+        """Call ``fn(values)`` on every ``flags`` push (after hello and on every change), with
+        this color's effective values. Keep it short: it runs in the channel's reader::
+
+            @agent.on_flags
+            def flags_changed(values):
+                log.info("now playing %s", values.get("game"))
+        """
+        self._on_flags.append(fn)
+        return fn
+
     def on_role(self, fn: RoleCallback) -> RoleCallback:
         """Call ``fn(role, epoch, allocation)`` on every role push and when the channel is
         lost. Keep it short: it runs in the channel's reader (a coroutine it returns runs in
@@ -345,8 +390,11 @@ class Agent(Channel):
     # ---------------------------------------------------------------- hooks
 
     def on_snapshot(self, fn: SnapshotHook) -> SnapshotHook:
-        """Answer a ``snapshot_request`` with ``fn()``'s ``(schema, state)`` (may be async).
-        Set it with :meth:`on_restore` before entering, so that hello announces it::
+        """Answer a ``snapshot_request`` with ``fn()``'s ``(schema, state)`` (may be async;
+        ``(schema, state, taken_at)`` for a state read before the call: the supervisor refuses
+        one older than ``handoff.max_age_s``). Larger than one line, it goes in chunks; the
+        SDK migrates it down when the supervisor asks for an older schema. Set it with
+        :meth:`on_restore` before entering, so that hello announces it::
 
             agent.on_snapshot(lambda: ("demo/1", {"escrows": escrows}))
         """
@@ -355,13 +403,16 @@ class Agent(Channel):
         return fn
 
     def on_restore(self, fn: RestoreHook) -> RestoreHook:
-        """Answer a ``restore`` with ``fn(schema, state)``'s digest (may be async), e.g.
-        :func:`state_digest` of what was loaded::
+        """Load a restored state with ``fn(schema, state)`` (may be async). The state comes
+        migrated to :attr:`schema` when one is set (:attr:`migrations`); the SDK answers the
+        supervisor with the digest of the state it received. Raise to refuse it (say, the
+        balance it holds is not the venue's): the supervisor then aborts the handoff::
 
             @agent.on_restore
             def restore(schema, state):
+                if venue.balance() != state["balance"]:
+                    raise ValueError("the venue disagrees with the snapshot's balance")
                 escrows[:] = state["escrows"]
-                return state_digest(state)
         """
         self._on_restore = fn
         self._warn_if_announced("snapshot")
@@ -376,6 +427,21 @@ class Agent(Channel):
         """
         self._on_mirror = fn
         self._warn_if_announced("mirror")
+        return fn
+
+    def on_replay(self, fn: ReplayHook) -> ReplayHook:
+        """Apply ``fn(events)`` after a restore that carries events: what the other color
+        did since the snapshot (executions, outcomes, escrow watches), journaled by the
+        supervisor, when a rollback found the candidate unable to give its state. An event
+        may already be in the state: deduplicate by its key::
+
+            @agent.on_replay
+            def replay(events):
+                for e in events:
+                    if e["type"] == "execution" and e["key"] not in book.keys:
+                        book.add(e["key"], e["amount"])
+        """
+        self._on_replay = fn
         return fn
 
     def on_quiesce(self, fn: PlainHook) -> PlainHook:
@@ -418,7 +484,7 @@ class Agent(Channel):
             return Permit(False, PermitReason.NOT_ACTIVE, self._epoch, key)
         return None
 
-    async def permit(self, key: str) -> Permit:
+    async def permit(self, key: str, amount: float | None = None) -> Permit:
         """Ask whether this color may execute ``key`` now: one atomic decision in Redis.
 
         Granted only to the active color at the current epoch for a key never executed
@@ -440,9 +506,19 @@ class Agent(Channel):
         role push (no epoch), while quiesced, and while standby or shadow, since in each case
         the supervisor has not let this color act. Redis unreachable (after one retry with the
         same token) or any other Redis error: ``unavailable`` (fail closed).
+
+        ``amount`` is the stake. In a canary (role ``canary`` for the candidate, ``active``
+        with an :attr:`allocation` under 1 for stable) both colors must give it, and the
+        candidate is refused ``over_allocation`` when it would pass its share of the step
+        (``amount_required`` without one); size stakes by the allocation::
+
+            permit = await agent.permit(f"order-{n}", amount=base_stake * agent.allocation)
         """
+        amount = _stake(amount)
         if self._permits == "channel":
-            return await self.permit_via_channel(key)
+            return await self.permit_via_channel(key, amount=amount)
+        if not await self._wait_restored(4 * self._redis_timeout):
+            return Permit(False, PermitReason.NOT_ACTIVE, self._epoch, key)
         denied = self._local_denial(key)
         if denied is not None:
             return denied
@@ -458,6 +534,7 @@ class Agent(Channel):
             str(self._grant_seq),
             key,
             str(GRANT_LOG_MAXLEN),
+            "" if amount is None else repr(amount),
         ]
         answer: Any = None
         for attempt in (1, 2):
@@ -511,12 +588,16 @@ class Agent(Channel):
         self,
         key: str,
         timeout: float = 2.0,  # noqa: ASYNC109 (no answer in time means unavailable)
+        *,
+        amount: float | None = None,
     ) -> Permit:
         """Ask the supervisor for a permit over the channel (the way agents without Redis
         access do); no answer within ``timeout`` means ``unavailable``::
 
             permit = await agent.permit_via_channel(f"order-{n}")
         """
+        if not await self._wait_restored(timeout):
+            return Permit(False, PermitReason.NOT_ACTIVE, self._epoch, key)
         denied = self._local_denial(key)
         if denied is not None:
             return denied
@@ -524,8 +605,12 @@ class Agent(Channel):
         asked = time.monotonic()
         future: asyncio.Future[Permit] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
+        ask: dict[str, Any] = {"type": "permit", "request_id": request_id, "key": key}
+        amount = _stake(amount)
+        if amount is not None:
+            ask["amount"] = amount
         try:
-            if not self._send({"type": "permit", "request_id": request_id, "key": key}):
+            if not self._send(ask):
                 return Permit(False, PermitReason.UNAVAILABLE, self._epoch, key)
             async with asyncio.timeout(timeout):
                 answer = await future
@@ -637,6 +722,16 @@ class Agent(Channel):
             agent.context(volatility=0.02, disputes_open=0)
         """
         self._send({"type": "context", **fields})
+
+
+def _stake(amount: float | None) -> float | None:
+    """A permit's amount as a float; a value that is not a finite number raises at once (the
+    supervisor would refuse it anyway: better a bug found here)."""
+    if amount is None:
+        return None
+    if type(amount) not in (int, float) or not math.isfinite(amount):
+        raise ValueError(f"a permit's amount must be a finite number, not {amount!r}")
+    return float(amount)
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -7,7 +7,6 @@ names.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import traceback as _traceback
 from collections.abc import Awaitable, Callable
@@ -16,7 +15,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
-import orjson
+from supervisor.protocol import state_digest as _state_digest
 
 if TYPE_CHECKING:
     from supervisor.agent.client import Agent
@@ -39,6 +38,8 @@ class PermitReason(StrEnum):
     STALE_EPOCH = "stale_epoch"  # a newer epoch exists: someone else was put in charge since
     DUPLICATE = "duplicate"  # this idempotency key was already executed
     UNAVAILABLE = "unavailable"  # nobody could say yes (Redis or the supervisor unreachable)
+    OVER_ALLOCATION = "over_allocation"  # canary: this stake would pass this color's share
+    AMOUNT_REQUIRED = "amount_required"  # canary: say the stake (agent.permit(key, amount=...))
 
 
 _REASONS: Final = {r.value: r for r in PermitReason}
@@ -76,17 +77,14 @@ class Permit:
 
 
 def state_digest(state: Any) -> str:
-    """The digest of a snapshot's state: SHA-256 of its canonical JSON (sorted keys).
+    """The digest of a snapshot's state: lowercase hex SHA-256 of its canonical JSON (keys
+    sorted, no spaces, UTF-8; :func:`supervisor.protocol.canonical`). The SDK reports it in
+    ``restored`` for the state it received, before any migration; an agent may use it to
+    check what it loaded::
 
-    A restore hook may return it, so that the supervisor can compare it with the digest of
-    the state it sent::
-
-        @agent.on_restore
-        def restore(schema: str, state: dict) -> str:
-            book.load(state)
-            return state_digest(state)
+        assert state_digest(state) == expected
     """
-    return hashlib.sha256(orjson.dumps(state, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return _state_digest(state)
 
 
 class Decision:
@@ -135,7 +133,15 @@ class Decision:
 
 
 RoleCallback = Callable[[Role, int | None, float], object]
-SnapshotHook = Callable[[], tuple[Any, Any] | Awaitable[tuple[Any, Any]]]
-RestoreHook = Callable[[Any, Any], str | Awaitable[str]]
+# (schema, state), or (schema, state, taken_at) for a state read before the call (unix s).
+_Snap = tuple[Any, Any] | tuple[Any, Any, float]
+SnapshotHook = Callable[[], _Snap | Awaitable[_Snap]]
+# Its return value is not used (it once had to be the digest: the SDK now reports the digest
+# of the state it received itself); raising refuses the restore.
+RestoreHook = Callable[[Any, Any], object]
+# The events the supervisor journaled since the snapshot being restored (after a rollback
+# whose candidate could not give its state): executions, outcomes, escrows, each with its
+# ``seq`` and ``at``.
+ReplayHook = Callable[[list[dict[str, Any]]], object]
 MirrorHook = Callable[[Any], Any]
 PlainHook = Callable[[], object]

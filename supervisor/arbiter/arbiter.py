@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -92,6 +92,8 @@ class Truth:
     owner: str
     seq: int
     rollout: dict[str, str]
+    # The canary's allocation hash (docs/canary.md): in force only at its own epoch.
+    alloc: dict[str, str] = field(default_factory=dict)
 
 
 # How a lease is asked for: see scripts.LEASE.
@@ -241,6 +243,7 @@ class Arbiter:
         record_from: str | None = None,
         rollout: dict[str, str] | None = None,
         floor: int | None = None,
+        alloc: dict[str, str] | None = None,
     ) -> Flip:
         """Set the active color (``to=None`` keeps it: an epoch bump) and its epoch's owner,
         bump the epoch above both Redis's and ``floor`` (by default the highest this process
@@ -251,7 +254,10 @@ class Arbiter:
         refused (:class:`DurableWriteError`) and who acts stays who acts. Retried on a lost
         connection with the same flip id, so a retry of a flip that did run answers ``dup``
         with the epoch it got rather than bumping twice. Raises :class:`LeaseLost` when
-        another daemon holds the namespace."""
+        another daemon holds the namespace.
+
+        ``alloc`` (the canary's allocation fields, see scripts.PERMIT) is written in the same
+        call, at the new epoch; None leaves the allocation hash alone."""
         flip_id = uuid.uuid4().hex
         base_floor = self.seen if floor is None else max(floor, self.seen)
         args = [
@@ -267,6 +273,7 @@ class Arbiter:
             orjson.dumps(rollout).decode() if rollout else "",
             self.lease_value if self.holds_lease else "",
             "",
+            orjson.dumps(alloc).decode() if alloc else "",
         ]
         for _ in range(3):
             args[11] = str(self.reservation.ceiling)
@@ -337,10 +344,13 @@ class Arbiter:
         raise AssertionError("unreachable")  # pragma: no cover
 
     # permits ----------------------------------------------------------------------------
-    async def permit(self, color: str, epoch: int, key: str, token: str) -> str:
+    async def permit(
+        self, color: str, epoch: int, key: str, token: str, amount: float | None = None
+    ) -> str:
         """One permit decision for ``color`` (the channel it was asked on says which):
         ok, not_active, stale_epoch, duplicate, unavailable, or regressed (Redis is behind
-        what this host has seen: refused, and the caller sets Redis right).
+        what this host has seen: refused, and the caller sets Redis right); in a canary also
+        amount_required and over_allocation (``amount``: the stake, see scripts.PERMIT).
 
         A grant is journaled before this returns ``ok``; if the journal cannot be written the
         permit is refused (``unavailable``: the key stays burnt in Redis, nothing moved)."""
@@ -355,6 +365,7 @@ class Arbiter:
                     str(self.seq),
                     key,
                     str(scripts.GRANT_LOG_MAXLEN),
+                    "" if amount is None else repr(float(amount)),
                 ],
             )
         except (*_TRANSIENT, RedisError):
@@ -568,7 +579,8 @@ class Arbiter:
                 pipe.get(self.keys.owner)
                 pipe.get(self.keys.grant_seq)
                 pipe.hgetall(self.keys.rollout)
-                active, epoch, owner, seq, rollout = await pipe.execute()
+                pipe.hgetall(self.keys.alloc)
+                active, epoch, owner, seq, rollout, alloc = await pipe.execute()
         except _TRANSIENT as exc:
             raise RedisUnavailable(str(exc)) from exc
         return Truth(
@@ -577,7 +589,16 @@ class Arbiter:
             _text(owner) if owner is not None else "",
             _digits(seq),
             {_text(k): _text(v) for k, v in rollout.items()},
+            {_text(k): _text(v) for k, v in alloc.items()},
         )
+
+    async def alloc(self) -> dict[str, str]:
+        """The canary's allocation hash as it stands (its stakes move with every permit)."""
+        try:
+            raw = await self.redis.hgetall(self.keys.alloc)
+        except _TRANSIENT as exc:
+            raise RedisUnavailable(str(exc)) from exc
+        return {_text(k): _text(v) for k, v in raw.items()}
 
     async def save_rollout(self, fields: dict[str, str]) -> None:
         """Record stable/candidate changes that are not flips (a confirm)."""

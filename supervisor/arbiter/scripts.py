@@ -34,12 +34,28 @@ from typing import Final
 # KEYS[1] active key, KEYS[2] epoch, KEYS[3] epoch owner, KEYS[4] permit key,
 # KEYS[5] permit statistics hash, KEYS[6] grant sequence, KEYS[7] grant log (stream),
 # KEYS[8] the identity key of ARGV[1] ({ns}:identity:{color}: only that color's ACL user, and
-# the daemon, may write it; nothing is ever stored there)
+# the daemon, may write it; nothing is ever stored there), KEYS[9] (optional) the canary's
+# allocation hash {ns}:alloc
 # ARGV[1] color, ARGV[2] epoch, ARGV[3] ttl in ms, ARGV[4] token (the same on a retry),
 # ARGV[5] the lowest grant sequence the caller accepts ('0': any), ARGV[6] the idempotency key
-# (for the log), ARGV[7] the grant log's max length
-# Returns {reason, seq}: reason is ok, not_active, stale_epoch, duplicate or regressed; seq the
-# grant's sequence number (for ok) or the counter as it stands.
+# (for the log), ARGV[7] the grant log's max length, ARGV[8] (optional) the amount at stake
+# Returns {reason, seq}: reason is ok, not_active, stale_epoch, duplicate, regressed,
+# amount_required or over_allocation; seq the grant's sequence number (for ok) or the counter
+# as it stands.
+#
+# The canary (docs/canary.md). The allocation hash is in force only while its ``mode`` is
+# ``canary`` and its ``epoch`` is the current epoch: the flip that starts a canary, changes its
+# step, aborts or promotes it writes the hash and bumps the epoch in one call, and any other
+# change of who acts (an operator's SET adopted, a flip by an older daemon) bumps the epoch
+# without it, which ends the canary in the fence at once (fail closed: the candidate is no
+# longer let act). In force, both colors must say the amount they stake (else
+# ``amount_required``); the stable color, the one the active key names, is never refused for
+# its share; the candidate is granted only while its stake in the step, this one included,
+# stays within ``allocation + allowance`` (fractions) of both colors' stakes in the step, plus
+# ``start`` (money: what lets it start before stable has staked), else ``over_allocation``.
+# Both checks
+# come after the retry check, so a retried grant answers ok and is not counted twice, and
+# before the key is written, so a refused permit burns no key.
 PERMIT: Final = """
 local seq = tonumber(redis.call('GET', KEYS[6]) or '0') or 0
 if seq < (tonumber(ARGV[5]) or 0) then
@@ -52,7 +68,17 @@ if KEYS[8] ~= ns .. ':identity:' .. ARGV[1] or not redis.acl_check_cmd('SET', KE
   redis.call('HINCRBY', KEYS[5], 'not_active', 1)
   return {'not_active', seq}
 end
-if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[3]) ~= ARGV[1] then
+local active, owner = redis.call('GET', KEYS[1]), redis.call('GET', KEYS[3])
+local alloc = nil
+if KEYS[9] == ns .. ':alloc' then
+  alloc = redis.call('HMGET', KEYS[9], 'mode', 'epoch', 'candidate', 'allocation', 'allowance',
+                     'start')
+  if alloc[1] ~= 'canary' or alloc[2] ~= redis.call('GET', KEYS[2]) or alloc[3] == active then
+    alloc = nil
+  end
+end
+local candidate = alloc ~= nil and alloc[3] == ARGV[1] and active == owner
+if not candidate and (active ~= ARGV[1] or owner ~= ARGV[1]) then
   redis.call('HINCRBY', KEYS[5], 'not_active', 1)
   return {'not_active', seq}
 end
@@ -61,11 +87,41 @@ if redis.call('GET', KEYS[2]) ~= ARGV[2] then
   return {'stale_epoch', seq}
 end
 local mine = ARGV[1] .. ':' .. ARGV[2] .. ':' .. ARGV[4]
+local amount = nil
+if alloc ~= nil then
+  local held = redis.call('GET', KEYS[4])
+  if held == mine then return {'ok', seq} end
+  if held then
+    redis.call('HINCRBY', KEYS[5], 'duplicate', 1)
+    return {'duplicate', seq}
+  end
+  amount = tonumber(ARGV[8] or '')
+  if amount == nil or amount ~= amount or amount <= 0 or amount >= 1e15 then
+    redis.call('HINCRBY', KEYS[5], 'amount_required', 1)
+    return {'amount_required', seq}
+  end
+  if candidate then
+    local other = 'blue'
+    if ARGV[1] == 'blue' then other = 'green' end
+    local stakes = redis.call('HMGET', KEYS[9], 'stake_' .. ARGV[1], 'stake_' .. other)
+    local taken = (tonumber(stakes[1] or '0') or 0) + amount
+    local total = taken + (tonumber(stakes[2] or '0') or 0)
+    local share = (tonumber(alloc[4] or '0') or 0) + (tonumber(alloc[5] or '0') or 0)
+    if taken > share * total + (tonumber(alloc[6] or '0') or 0) + 1e-9 * total then
+      redis.call('HINCRBY', KEYS[5], 'over_allocation', 1)
+      return {'over_allocation', seq}
+    end
+  end
+end
 if redis.call('SET', KEYS[4], mine, 'NX', 'PX', ARGV[3]) then
   seq = redis.call('INCR', KEYS[6])
   redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[7], '*', 'seq', seq, 'key', ARGV[6],
              'color', ARGV[1], 'epoch', ARGV[2], 'ttl', ARGV[3])
   redis.call('HINCRBY', KEYS[5], 'ok', 1)
+  if amount ~= nil then
+    redis.call('HINCRBYFLOAT', KEYS[9], 'stake_' .. ARGV[1], ARGV[8])
+    redis.call('HINCRBY', KEYS[9], 'n_' .. ARGV[1], 1)
+  end
   return {'ok', seq}
 end
 if redis.call('GET', KEYS[4]) == mine then
@@ -76,13 +132,17 @@ return {'duplicate', seq}
 """
 
 # KEYS[1] active key, KEYS[2] epoch, KEYS[3] epoch owner, KEYS[4] flips stream,
-# KEYS[5] last flip hash, KEYS[6] rollout hash, KEYS[7] lease
+# KEYS[5] last flip hash, KEYS[6] rollout hash, KEYS[7] lease, KEYS[8] (optional) the canary's
+# allocation hash
 # ARGV[1] to ('' keeps the current color: an epoch bump), ARGV[2] epoch floor, ARGV[3] flip id
 # (the same on a retry), ARGV[4] reason, ARGV[5] by, ARGV[6] at (unix seconds), ARGV[7]
 # expected current color ('' for any; else 'conflict' when it differs), ARGV[8] stream max
 # length, ARGV[9] recorded "from" ('' = the current value), ARGV[10] rollout fields as a JSON
 # object (a '' value deletes the field), ARGV[11] the caller's lease id ('' skips the check),
-# ARGV[12] the highest epoch the caller has reserved on disk ('' for no limit)
+# ARGV[12] the highest epoch the caller has reserved on disk ('' for no limit), ARGV[13]
+# (optional) the allocation hash's fields as a JSON object ('' or absent: left alone; a ''
+# value deletes the field), written with ``epoch`` set to the new epoch: a canary's start, step,
+# abort and promotion are each this one call (see PERMIT)
 # Returns {status, epoch, from, to}; status is ok, dup (this flip id already ran), conflict,
 # not_holder (the lease is someone else's: `to` holds the holder) or reserve (the new epoch
 # would pass the caller's reservation: `epoch` is the one it needs; nothing was written).
@@ -123,6 +183,13 @@ if ARGV[10] ~= '' then
     if value == '' then redis.call('HDEL', KEYS[6], field)
     else redis.call('HSET', KEYS[6], field, value) end
   end
+end
+if ARGV[13] ~= nil and ARGV[13] ~= '' then
+  for field, value in pairs(cjson.decode(ARGV[13])) do
+    if value == '' then redis.call('HDEL', KEYS[8], field)
+    else redis.call('HSET', KEYS[8], field, value) end
+  end
+  redis.call('HSET', KEYS[8], 'epoch', epoch)
 end
 return {'ok', epoch, from, to}
 """
@@ -247,7 +314,15 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 
-PERMIT_REASONS: Final = ("ok", "not_active", "stale_epoch", "duplicate", "unavailable")
+PERMIT_REASONS: Final = (
+    "ok",
+    "not_active",
+    "stale_epoch",
+    "duplicate",
+    "unavailable",
+    "over_allocation",
+    "amount_required",
+)
 GRANT_LOG_MAXLEN: Final = 100_000
 
 
@@ -267,6 +342,7 @@ class Keys:
         self.grant_log = f"{namespace}:permits:log"
         self.lease = f"{namespace}:lease"
         self.restoring = f"{namespace}:restoring"
+        self.alloc = f"{namespace}:alloc"
 
     def permit(self, key: str) -> str:
         return f"{self.namespace}:permit:{key}"
@@ -288,9 +364,16 @@ class Keys:
             self.grant_seq,
             self.grant_log,
             self.identity(color),
+            self.alloc,
         ]
 
     def flip_keys(self) -> list[str]:
+        return [*self._flip_common(), self.alloc]
+
+    def adopt_keys(self) -> list[str]:
+        return [*self._flip_common(), self.grant_seq]
+
+    def _flip_common(self) -> list[str]:
         return [
             self.active,
             self.epoch,
@@ -300,6 +383,3 @@ class Keys:
             self.rollout,
             self.lease,
         ]
-
-    def adopt_keys(self) -> list[str]:
-        return [*self.flip_keys(), self.grant_seq]

@@ -52,6 +52,8 @@ class ChannelProtocol(asyncio.Protocol):
         self._discarding = False  # inside an oversized line: drop bytes up to the next newline
         self._transport: asyncio.Transport | None = None
         self._burst = BurstLog()
+        self._writable = asyncio.Event()  # asyncio's flow control: set while below high water
+        self._writable.set()
         self.lines = 0
         self.errors = 0
 
@@ -88,7 +90,20 @@ class ChannelProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._writable.set()  # nothing to wait for any more: the next send says False
         self._on_closed()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    async def drain(self) -> None:
+        """Wait until what was sent has mostly reached the child (the transport's buffer is
+        below its low-water mark again). A long run of sends (a state restored in chunks)
+        calls it between sends, so that it never reaches :data:`MAX_WRITE_BUFFER`."""
+        await self._writable.wait()
 
     # lines ------------------------------------------------------------------------------
     def _handle_line(self, line: bytes) -> None:

@@ -77,6 +77,7 @@ def render_status(st: dict[str, Any]) -> str:
             )
         )
     lines += _table(rows)
+    lines += render_handoff(st)
     if st.get("flips"):
         lines += ["", "Recent flips (newest first):"]
         for f in st["flips"]:
@@ -86,6 +87,42 @@ def render_status(st: dict[str, Any]) -> str:
                 f"{f.get('to') or '-':<5}  {f.get('reason')}  (by {f.get('by')})"
             )
     return "\n".join(lines)
+
+
+def render_handoff(st: dict[str, Any]) -> list[str]:
+    """The status lines of state handoff: each color's latest snapshot (age, size, digest),
+    a handoff in progress (or the last one), the colors held quiesced.
+
+    >>> render_handoff({"snapshots": {"blue": None, "green": None}, "handoff": None})
+    []
+    """
+    lines: list[str] = []
+    snaps = st.get("snapshots") or {}
+    if any(snaps.values()):
+        lines += ["", "Snapshots (latest per color):"]
+        for color in Color:
+            s = snaps.get(color.value)
+            if s:
+                lines.append(
+                    f"  {color.value:<5}  {span(s['age_s'])} old  {s['bytes']} bytes  "
+                    f"schema {s['schema']}  sha256 {s['digest'][:16]}…  v{s['version']}"
+                )
+            else:
+                lines.append(f"  {color.value:<5}  none")
+    h = st.get("handoff")
+    if h:
+        what = f"{h['source']} -> {h['target']}{' (dry run)' if h.get('dry_run') else ''}"
+        if h.get("in_progress"):
+            lines += ["", f"HANDOFF IN PROGRESS {what}: {h['phase']} ({span(h['age_s'])})"]
+        else:
+            reason = f": {h['reason']}" if h.get("reason") else ""
+            lines += ["", f"last handoff {what}: {h['phase']}{reason} ({span(h['age_s'])} ago)"]
+    held = st.get("held") or {}
+    if held:
+        lines.append(
+            "held (no action until done): " + ", ".join(f"{c} ({w})" for c, w in held.items())
+        )
+    return lines
 
 
 def _num(value: Any) -> str:

@@ -24,7 +24,17 @@ Environment (besides the supervisor's own ``AGENTSUP_*``):
 - ``AGENTSUP_DEMO_BUG`` (none): the planted bug, below.
 - ``AGENTSUP_DEMO_BUG_AFTER`` (5): the bug fires on active round ``BUG_AFTER + 1``.
 - ``AGENTSUP_DEMO_VENUE_DIR`` (unset): the simulated venue's order book, shared by both colors
-  (one file per client order id, created exclusively); unset, each process keeps its own.
+  (one file per client order id, created exclusively, and the account's balance); unset,
+  each process keeps its own.
+- ``AGENTSUP_DEMO_SCHEMA`` (1): the schema of its state, ``demo/1`` or ``demo/2``
+  (:mod:`supervisor.demo.book`: the seed's checklist item by item); a ``2`` registers the
+  migration from ``demo/1`` and back, as a v2 would.
+
+Its state (snapshot, restore) is the seed's checklist: the balance (re-read from the venue on
+restore, never trusted from the snapshot), open bets, session, escrows with due times and
+arbitrators, positions with entry prices, strategy parameters, recent signals, rate-limit
+tokens, the last action time, the recent decisions. Every fourth executed round opens a
+position. The work between a permit and its outcome is in flight: a quiesce waits for it.
 
 The simulated venue takes the permit's idempotency key as its client order id and refuses a
 second order with the same id, whoever sends it, the way real exchanges do: the last line of
@@ -73,7 +83,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from supervisor.agent import Agent, Role, state_digest
+from supervisor.agent import Agent, Role
+from supervisor.demo.book import SCHEMAS, Book, down, up
 from supervisor.errors import NotSupervised
 
 BUGS: Final = frozenset(
@@ -83,7 +94,8 @@ STAKE: Final = 1.0
 DICE_TARGET: Final = 49.5  # roll under, on 0..100
 DICE_PAYS: Final = 1.98  # 1 % house edge: 0.495 * 1.98 = 0.9801
 CRASH_EDGE: Final = 0.99  # P(crash point >= x) = 0.99 / x
-SNAPSHOT_SCHEMA: Final = "demo/1"
+# Every this many executed rounds the agent opens a (simulated) trading position.
+POSITION_EVERY: Final = 4
 EX_CONFIG: Final = 78
 
 
@@ -102,6 +114,7 @@ class Settings:
     escrow_gap_s: float | None = None
     bug: str = "none"
     bug_after: int = 5
+    schema: str = "demo/1"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -124,6 +137,9 @@ class Settings:
         if keys not in ("unique", "order"):
             raise BadSetting(f"AGENTSUP_DEMO_KEYS={keys!r}: choose unique or order")
         gap = number("ESCROW_GAP_S", 0.0)
+        schema = f"demo/{env.get('AGENTSUP_DEMO_SCHEMA', '') or '1'}"
+        if schema not in SCHEMAS:
+            raise BadSetting(f"AGENTSUP_DEMO_SCHEMA={schema[5:]!r}: choose 1 or 2")
         return cls(
             seed=int(number("SEED", 7)),
             round_s=number("ROUND_S", 0.05),
@@ -134,6 +150,7 @@ class Settings:
             escrow_gap_s=gap or None,
             bug=bug,
             bug_after=int(number("BUG_AFTER", 5)),
+            schema=schema,
         )
 
 
@@ -155,6 +172,25 @@ class Venue:
     def __init__(self, directory: str | None) -> None:
         self.dir = directory
         self._seen: set[str] = set()
+        self._balance = 100.0
+
+    def balance(self) -> float | None:
+        """The account's balance as the venue knows it (None: this venue keeps none)."""
+        if self.dir is None:
+            return None
+        try:
+            with open(os.path.join(self.dir, "balance")) as f:
+                return float(f.read())
+        except (OSError, ValueError):
+            return 100.0
+
+    def settle(self, pnl: float) -> None:
+        if self.dir is None:
+            return
+        path = os.path.join(self.dir, "balance")
+        with open(path + ".tmp", "w") as f:
+            f.write(repr((self.balance() or 0.0) + pnl))
+        os.replace(path + ".tmp", path)
 
     def place(self, client_order_id: str) -> bool:
         if self.dir is None:
@@ -183,11 +219,7 @@ class DemoAgent:
         self.pnl = 0.0
         self.denied = 0
         self.bug_lines = 0
-        now = time.time()
-        self.escrows: dict[str, float] = {
-            "escrow-1": now + settings.escrow_due_s,
-            "escrow-2": now + 2 * settings.escrow_due_s,
-        }
+        self.book = Book(agent.color, now=time.time(), escrow_due_s=settings.escrow_due_s)
         self.auth_reported_epoch: int | None = None
         self.last_role: tuple[Role, int | None] | None = None
         self.tag = f"[{agent.color} v{agent.version}]"
@@ -212,15 +244,29 @@ class DemoAgent:
             self.say(f"role {role} at epoch {epoch} (pnl {self.pnl:+.2f})")
 
     def snapshot(self) -> tuple[str, dict[str, Any]]:
-        state = {"escrows": self.escrows, "rounds": self.rounds, "pnl": round(self.pnl, 6)}
-        return SNAPSHOT_SCHEMA, state
+        return self.s.schema, self.book.state(self.s.schema)
 
-    def restore(self, schema: Any, state: Any) -> str:
-        if schema != SNAPSHOT_SCHEMA:
+    def restore(self, schema: Any, state: Any) -> None:
+        if schema != self.s.schema:
             raise ValueError(f"unknown snapshot schema {schema!r}")
-        self.escrows = {str(k): float(v) for k, v in state["escrows"].items()}
-        self.say(f"restored {len(self.escrows)} escrows")
-        return state_digest(state)
+        self.book.load(schema, state)
+        # The seed: verify the balance with the venue, never trust a cached one.
+        held = self.venue.balance()
+        if held is not None and abs(held - self.book.balance) > 1e-6:
+            self.say(
+                f"balance from the venue {held:.2f} (the snapshot said {self.book.balance:.2f})"
+            )
+            self.book.balance = held
+        self.say(f"restored {schema}: {self.book.summary()}")
+
+    def replay(self, events: list[dict[str, Any]]) -> None:
+        """What the other color did since the snapshot (the supervisor's journal)."""
+        added = 0
+        for event in events:
+            if event.get("type") == "execution" and event["key"] not in self.book.executed:
+                self.book.executed = [*self.book.executed, event["key"]][-50:]
+                added += 1
+        self.say(f"replayed {len(events)} events ({added} executions new to it)")
 
     # ------------------------------------------------------------------ rounds
 
@@ -266,6 +312,13 @@ class DemoAgent:
             key = f"order-{n}"
         else:
             key = f"{self.agent.color}-{self.agent.version}-{os.getpid()}-{n}"
+        async with self.agent.in_flight():  # a quiesce waits for this round to finish
+            await self.act(n, d.id, key, inputs, double_spend)
+
+    async def act(
+        self, n: int, decision_id: str, key: str, inputs: dict[str, Any], double_spend: bool
+    ) -> None:
+        self.book.open_bets = []  # the last round's crash bet is settled by now
         permit = await self.agent.permit(key)
         if self.bug_on("exit"):
             self.say(f"round {n}: crashing mid-round with exit code 3")
@@ -284,18 +337,29 @@ class DemoAgent:
         if not self.venue.place(key) and not double_spend:
             self.say(f"round {n}: the venue refused client order id {key!r} (a duplicate)")
             return
-        self.agent.execution(d.id, key, STAKE)
+        self.agent.execution(decision_id, key, STAKE)
         if double_spend:
             if permit:  # a "retry" of an order that already went through
                 again = await self.agent.permit(key)
-                self.agent.execution(d.id, key, STAKE)
+                self.agent.execution(decision_id, key, STAKE)
                 self.say_bug(f"round {n}: executed {key} twice (second permit: {again.reason})")
             else:
                 self.say_bug(f"round {n}: executed {key} despite a refused {permit.reason}")
         pnl = self.settle(inputs)
-        self.agent.outcome(pnl, decision_id=d.id)
+        self.agent.outcome(pnl, decision_id=decision_id)
         self.executed += 1
         self.pnl += pnl
+        now = time.time()
+        self.venue.settle(pnl)
+        self.book.balance += pnl
+        self.book.decided(decision_id, key, now)
+        if inputs["game"] == "crash":
+            self.book.open_bets = [
+                {"key": key, "game": "crash", "stake": STAKE, "target": inputs["target"]}
+            ]
+        if self.executed % POSITION_EVERY == 0:
+            entry = round(60000 + self.rng.uniform(-500, 500), 2)
+            self.book.open_position(f"BTC-{self.agent.color}-{n}", entry, 0.01, now=now)
         if self.executed % 20 == 0:
             self.say(f"{self.executed} rounds played, pnl {self.pnl:+.2f}")
 
@@ -316,28 +380,34 @@ class DemoAgent:
     # ------------------------------------------------------------------ escrows
 
     async def watch_escrows(self) -> None:
-        for escrow_id, due_at in self.escrows.items():
-            self.agent.escrow(escrow_id, "watch", due_at=due_at, gap_s=self.s.escrow_gap_s)
-        while self.escrows:
+        for escrow in self.book.escrows:
+            self.agent.escrow(
+                escrow["id"], "watch", due_at=escrow["due_at"], gap_s=self.s.escrow_gap_s
+            )
+        while True:
             await asyncio.sleep(self.s.escrow_check_s)
+            self.book.refill(self.s.escrow_check_s)
             # With a bad API key no escrow can be checked either.
             if not self.agent.is_active or self.bug_on("escrow_gap") or self.bug_on("auth"):
                 continue
             now = time.time()
-            for escrow_id, due_at in list(self.escrows.items()):
-                self.agent.escrow(escrow_id, "check")
-                if now >= due_at:
-                    self.agent.escrow(escrow_id, "unwatch")
-                    del self.escrows[escrow_id]
-                    self.say(f"{escrow_id} released; no longer watched")
+            for escrow in list(self.book.escrows):
+                self.agent.escrow(escrow["id"], "check")
+                if now >= escrow["due_at"]:
+                    self.agent.escrow(escrow["id"], "unwatch")
+                    self.book.escrows.remove(escrow)
+                    self.say(f"{escrow['id']} released; no longer watched")
 
 
 async def main(settings: Settings) -> int:
-    agent = Agent.connect()
+    agent = Agent.connect(schema=settings.schema)
+    if settings.schema == "demo/2":  # a v2 knows how v1's state comes up, and goes back
+        agent.migrations.register("demo/1", "demo/2", up=up, down=down)
     demo = DemoAgent(agent, settings)
     agent.on_role(demo.role_changed)
     agent.on_snapshot(demo.snapshot)
     agent.on_restore(demo.restore)
+    agent.on_replay(demo.replay)
     agent.on_mirror(strategy)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -6,6 +6,12 @@ back to blue by itself, in about a millisecond; green's version is rejected. The
 is the real one (``Daemon``, the same class ``agentsup run`` runs), in this process; the agents
 are real child processes using the SDK. Its JSON log goes to ``daemon.log`` in the demo's
 state directory (kept with ``--keep``).
+
+``agentsup demo handoff`` tells the other story: blue v1 (state schema ``demo/1``) plays, the
+operator hands its state over to green v2 (``demo/2``: green migrates it up itself), each step
+printed with its time; green plays on with blue's balance, bets, escrows and positions and
+opens positions of its own; its planted bug rolls it back, and the state comes back with it:
+green migrates it down and blue holds green's new positions before it acts again.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ if TYPE_CHECKING:
 
 BLUE_ROUNDS = 20  # rounds blue plays before the switch
 BUG_AFTER = 8  # green's bug fires on its ninth round in charge
+HANDOFF_BUG_AFTER = 16  # in the handoff story green plays longer: it opens positions first
 
 
 class Narrator:
@@ -57,7 +64,7 @@ class DemoFailed(Exception):
     pass
 
 
-def _config(directory: Path) -> config.Config:
+def _config(directory: Path, story: str = "rollback") -> config.Config:
     agent = [sys.executable, "-m", "supervisor.demo.agent"]
     venue = directory / "venue"  # the simulated exchange's order ids, shared by both colors
     venue.mkdir(exist_ok=True)
@@ -85,7 +92,10 @@ def _config(directory: Path) -> config.Config:
                         "AGENTSUP_DEMO_SEED": "7",
                         "AGENTSUP_DEMO_VENUE_DIR": str(venue),
                         "AGENTSUP_DEMO_BUG": "exception",
-                        "AGENTSUP_DEMO_BUG_AFTER": str(BUG_AFTER),
+                        "AGENTSUP_DEMO_BUG_AFTER": str(
+                            HANDOFF_BUG_AFTER if story == "handoff" else BUG_AFTER
+                        ),
+                        "AGENTSUP_DEMO_SCHEMA": "2",  # v2 changed its state's schema
                     },
                 },
             },
@@ -103,6 +113,75 @@ def _records(path: Path, event: str) -> list[dict[str, Any]]:
         if record.get("event") == event:
             out.append(record)
     return out
+
+
+def _said(path: Path, color: str, start: str, after: int = 0) -> list[str]:
+    """What ``color``'s agent printed (its stdout is in the daemon's log), from line ``after``."""
+    prefix = f"[{color} v"
+    out = []
+    for record in _records(path, "child_output")[after:]:
+        line = str(record.get("line", ""))
+        if line.startswith(prefix) and line.split("] ", 1)[-1].startswith(start):
+            out.append(line.split("] ", 1)[-1])
+    return out
+
+
+async def _handoff_story(
+    directory: Path, say: Narrator, make_daemon: Callable[[config.Config], Daemon]
+) -> dict[str, Any]:
+    log_path = directory / "daemon.log"
+    daemon = make_daemon(_config(directory, "handoff"))
+    runner = asyncio.create_task(daemon.run())
+    deployment = daemon.deployment
+    tally = deployment.pipeline.tally
+    state = deployment.rollout
+    try:
+        await _until(lambda: daemon.ready.is_set() or runner.done(), "the daemon to start")
+        if runner.done():
+            raise DemoFailed(f"the daemon stopped while starting (exit {runner.result()})")
+        await _until(
+            lambda: all(c.speaks_protocol for c in deployment.children.values()),
+            "both agents to say hello",
+        )
+        say("blue v1.0.0 (state schema demo/1) in charge; green v2.0.0 (demo/2) warm on standby")
+        await _until(lambda: tally[Color.BLUE].rounds >= BLUE_ROUNDS, "blue to play")
+        say(
+            f"blue has played {tally[Color.BLUE].rounds} rounds; the operator runs "
+            "`agentsup handoff green`"
+        )
+        result = await deployment.handoff_to(Color.GREEN, False, "operator (demo)")
+        for step in result["steps"]:
+            say(f"  handoff step {step['step']:<8} {step['ms']:8.3f} ms")
+        snap = result["snapshot"]
+        say(
+            f"green in charge at epoch {result['epoch']}, on probation; nobody could act for "
+            f"{result['window_ms']:.1f} ms; blue's {snap['bytes']}-byte state ({snap['schema']},"
+            f" sha256 {snap['digest'][:12]}…) is in Redis and state_dir"
+        )
+        await _until(lambda: bool(_said(log_path, "green", "restored")), "green's restore")
+        say(f"green says: {_said(log_path, 'green', 'restored')[-1]}")
+        await _until(lambda: state.state.active is Color.BLUE, "the rollback", within_s=30)
+        fired = _records(log_path, "trigger_fired")
+        if fired:
+            say(f"green's planted bug fires: {fired[-1]['message']}; rolled back to blue")
+        await _until(
+            lambda: bool(_records(log_path, "state_carried_back")), "the state to come back"
+        )
+        back = _records(log_path, "state_carried_back")[-1]
+        say(
+            f"blue was held quiesced until green's state was back ({back['how']}, "
+            f"{back['ms']:.1f} ms): green migrated it down to demo/1"
+        )
+        restored = _said(log_path, "blue", "restored")
+        if restored:
+            say(f"blue says: {restored[-1]}")
+        resumed = tally[Color.BLUE].rounds
+        await _until(lambda: tally[Color.BLUE].rounds >= resumed + 3, "blue to play again")
+        say(f"blue plays on with green's positions (round {tally[Color.BLUE].rounds})")
+        return await deployment.status()
+    finally:
+        daemon.request_shutdown("demo finished")
+        await runner
 
 
 async def _story(
@@ -171,10 +250,12 @@ async def _story(
         await runner
 
 
-def demo(make_daemon: Callable[[config.Config], Daemon], keep: bool = False) -> int:
+def demo(
+    make_daemon: Callable[[config.Config], Daemon], keep: bool = False, story: str = "rollback"
+) -> int:
     """Run the demo with the daemon ``make_daemon`` builds (the CLI hands it the real one:
     nothing but the CLI imports the daemon); 0 when the story ended with blue back in
-    charge."""
+    charge. ``story``: ``rollback`` (the default) or ``handoff``."""
     import uvloop
 
     from supervisor.control.views import render_status
@@ -182,14 +263,15 @@ def demo(make_daemon: Callable[[config.Config], Daemon], keep: bool = False) -> 
     directory = Path(tempfile.mkdtemp(prefix="agentsup-demo-", dir="/tmp"))
     print(
         "agent-supervisor demo: blue v1.0.0 is the known good version; green v2.0.0 has a "
-        "planted bug\n",
+        "planted bug" + (" and a new state schema" if story == "handoff" else "") + "\n",
         flush=True,
     )
     say = Narrator()
     with (directory / "daemon.log").open("w") as sink:
         logs.configure("info", json=True, sink=sink)
         try:
-            status = uvloop.run(_story(directory, say, make_daemon))
+            tell = _handoff_story if story == "handoff" else _story
+            status = uvloop.run(tell(directory, say, make_daemon))
         except (DemoFailed, Exception) as exc:
             print(
                 f"\nagentsup demo: FAILED: {exc}\nthe daemon's log: {directory / 'daemon.log'}",

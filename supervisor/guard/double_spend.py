@@ -20,7 +20,10 @@ Memory forgets: once it has evicted a key (or when the daemon started over a Red
 held permits, ``fresh=False``), a key it does not know may still have been executed before.
 Then :meth:`DoubleSpend.might_have_forgotten` says so, and the daemon reads the durable record,
 the permit ``{ns}:permit:{key}`` (``color:epoch:token``), and hands it to
-:meth:`DoubleSpend.from_permit_record`.
+:meth:`DoubleSpend.from_permit_record`. When Redis holds no permit either (it went back in
+time, the permit expired, the agent never asks for one), the decision log's execution records
+are the last durable memory: an earlier execution found there goes to
+:meth:`DoubleSpend.from_log_record`.
 """
 
 from __future__ import annotations
@@ -241,6 +244,47 @@ class DoubleSpend:
             now,
             f"key {_show(key)} executed twice: its permit went to {owner} {why}, and now "
             f"{color.value} executed it at {_epoch(epoch)} (from the permit in Redis)",
+        )
+
+    def from_log_record(
+        self,
+        color: Color,
+        key: str,
+        first: str,
+        first_epoch: int | None,
+        epoch: int | None,
+        *,
+        now: float | None = None,
+    ) -> Verdict | None:
+        """Judge an execution by ``color`` at ``epoch`` of a key that the decision log says
+        ``first`` executed before, at ``first_epoch``: two execution records of one key are a
+        double spend, whoever made them (the log's lookup never finds the execution judged).
+
+        >>> from supervisor.config import DoubleSpendTrigger
+        >>> guard = DoubleSpend(DoubleSpendTrigger())
+        >>> guard.execution(Color.GREEN, "order-7", 9, now=1.0) is None  # new to memory
+        True
+        >>> verdict = guard.from_log_record(Color.GREEN, "order-7", "blue", 7, 9)
+        >>> verdict.color, "by blue at epoch 7 (in the decision log)" in verdict.message
+        (<Color.GREEN: 'green'>, True)
+        >>> guard.from_log_record(Color.GREEN, "order-7", "blue", 7, 9) is None  # reported once
+        True
+        """
+        if not self._enabled:
+            return None
+        mkey = memory_key(key)
+        code = self._seen.get(mkey)
+        flag = _REPORTED[color]
+        if code is not None:
+            if code & flag:
+                return None  # already reported against this color
+            self._seen[mkey] = code | flag
+        return self._verdict(
+            color,
+            key,
+            now,
+            f"key {_show(key)} executed twice: by {first} at {_epoch(first_epoch)} (in the "
+            f"decision log), and now by {color.value} at {_epoch(epoch)}",
         )
 
     # -- verdicts and reporting ---------------------------------------------------------------

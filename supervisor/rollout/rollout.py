@@ -12,11 +12,17 @@ exactly what Redis holds. The rules:
 - An operator's ``redis-cli SET`` of the active key is adopted like a switch (reason
   ``external``); a deleted key, or Redis come back empty, is restored (reason ``restored``);
   a value that is not a color leaves no one in charge (fail closed) until a switch.
+- ``canary_start COLOR``: stable keeps the active key and acts with ``1 - allocation``, COLOR
+  is the candidate and acts within ``allocation`` (:mod:`supervisor.rollout.canary`);
+  ``canary_set``/``canary_promote`` move it to another step, ``canary_abort`` (or any
+  automatic rollback) gives stable the whole capital back. Each is one flip that writes the
+  split with the epoch. A switch, an adopted SET or a confirm-free full promotion ends it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +31,8 @@ from supervisor.arbiter.arbiter import AdoptStatus, Arbiter, FlipStatus, Observe
 from supervisor.config import Color
 from supervisor.errors import RedisUnavailable, Refused
 from supervisor.logs import get as get_logger
-from supervisor.rollout.state import Change, RolloutState, as_color
+from supervisor.rollout import canary
+from supervisor.rollout.state import CanaryState, Change, Mode, RolloutState, as_color
 from supervisor.rollout.strategy import Assignment, Judged, Strategy, strategy_for
 
 log = get_logger("rollout")
@@ -72,7 +79,10 @@ class Rollout:
 
     def describe(self) -> dict[str, Any]:
         s = self.state
+        c = s.canary
         return {
+            "allocation": {color.value: self.assignment(color).allocation for color in Color},
+            "canary_percent": c.percent if c is not None else None,
             "active": s.active.value if s.active else None,
             "epoch": s.epoch,
             "stable": s.stable.value,
@@ -99,8 +109,16 @@ class Rollout:
         trigger: str | None = None,
         started: float | None = None,
         floor: int | None = None,
+        reset_stakes: bool = False,
     ) -> Change:
         previous = self.state.active
+        # The canary's split goes with every flip while one runs (at the new epoch: the fence
+        # holds it only at its own epoch), and its end with the flip that ends it.
+        alloc: dict[str, str] | None = None
+        if nxt.mode is Mode.CANARY:
+            alloc = canary.alloc_fields(nxt, reset=reset_stakes)
+        elif self.state.mode is Mode.CANARY:
+            alloc = canary.ended_fields(reason)
         flip = await self.arbiter.flip(
             to.value if to else None,
             reason,
@@ -109,6 +127,7 @@ class Rollout:
             record_from=record_from,
             rollout=nxt.fields(),
             floor=floor,
+            alloc=alloc,
         )
         if flip.status is FlipStatus.CONFLICT:
             # The key moved under us (an operator's SET in the same instant): re-read first.
@@ -133,8 +152,25 @@ class Rollout:
     def _next(self) -> RolloutState:
         s = self.state
         return RolloutState(
-            s.active, s.epoch, s.stable, s.candidate, s.probation_since, dict(s.rejected), s.mode
+            s.active,
+            s.epoch,
+            s.stable,
+            s.candidate,
+            s.probation_since,
+            dict(s.rejected),
+            s.mode,
+            s.canary,
         )
+
+    @staticmethod
+    def _end_canary(nxt: RolloutState, active: Color | None) -> None:
+        """``nxt`` leaves canary mode with ``active`` in charge: a candidate in charge stays
+        the candidate (on probation), one that is not goes back to standby."""
+        if nxt.mode is not Mode.CANARY:
+            return
+        nxt.mode, nxt.canary = Mode.BLUE_GREEN, None
+        if nxt.candidate is not None and nxt.candidate is not active:
+            nxt.candidate, nxt.probation_since = None, None
 
     async def start(self, initial: Color, by: str = "supervisor") -> Change:
         """At daemon start: adopt what Redis holds (or ``initial`` when it holds no color)
@@ -177,6 +213,17 @@ class Rollout:
                 log.info("grants_imported", count=imported, seq=truth.seq)
             nxt = self._next()
             nxt.load(truth.rollout)
+            if nxt.mode is Mode.CANARY and not canary.in_force(
+                truth.alloc, truth.epoch, nxt.candidate
+            ):
+                # Something else changed who acts while no daemon ran (an operator's SET, a
+                # flip by an older version): the fence ended the canary then; so do we.
+                log.warning(
+                    "canary_ended_while_away",
+                    candidate=nxt.candidate,
+                    hint="the split in Redis is not at the current epoch; stable takes all",
+                )
+                self._end_canary(nxt, as_color(truth.active))
             if not truth.rollout.get("stable"):
                 nxt.stable = as_color(truth.active) or initial
             observed = as_color(truth.active)
@@ -218,6 +265,15 @@ class Rollout:
     async def switch(self, color: Color, by: str, started: float | None = None) -> Change:
         async with self.lock:
             s = self.state
+            if s.mode is Mode.CANARY:
+                # An operator's switch ends a canary: to stable (the candidate stands by), or to
+                # the candidate (in charge alone, on probation, as after a full promotion).
+                nxt = self._next()
+                self._end_canary(nxt, color)
+                if color is not s.stable:
+                    nxt.candidate, nxt.probation_since = color, time.time()
+                    nxt.rejected.pop(color, None)
+                return await self._flip(color, "switch", by, nxt, started=started)
             if s.active is color:
                 raise Refused("already_active", f"{color} is already in charge (epoch {s.epoch})")
             nxt = self._next()
@@ -286,7 +342,117 @@ class Rollout:
         if reject and s.candidate is not None:
             nxt.rejected[s.candidate] = self.versions[s.candidate]
         nxt.candidate, nxt.probation_since = None, None
+        nxt.mode, nxt.canary = Mode.BLUE_GREEN, None  # a canary rolled back is aborted
         return self.strategy.rollback_target(s), nxt
+
+    # the canary ------------------------------------------------------------------------
+    async def canary_start(
+        self,
+        color: Color,
+        steps: tuple[float, ...],
+        by: str,
+        *,
+        allowance: float = 0.01,
+        start_amount: float = 0.0,
+    ) -> Change:
+        """Give ``color`` the first step's share of the capital; stable keeps the rest and
+        the active key. Refused: canary_in_progress, candidate_in_charge (confirm or roll it
+        back first), already_active, nobody_in_charge."""
+        async with self.lock:
+            s = self.state
+            if s.mode is Mode.CANARY:
+                raise Refused("canary_in_progress", f"{s.candidate} is already in a canary")
+            if s.active is None:
+                raise Refused("nobody_in_charge", "no color acts: `agentsup switch` one first")
+            if s.candidate is not None:
+                raise Refused(
+                    "candidate_in_charge",
+                    f"{s.candidate} is in charge on probation: confirm or roll back first",
+                )
+            if s.active is color:
+                raise Refused("already_active", f"{color} is in charge (epoch {s.epoch})")
+            nxt = self._next()
+            nxt.mode, nxt.candidate, nxt.probation_since = Mode.CANARY, color, None
+            nxt.rejected.pop(color, None)  # an operator's word, as a switch is
+            nxt.canary = canary.started(steps, allowance, start_amount, time.time())
+            return await self._flip(
+                None, f"canary_start: {steps[0]:g}%", by, nxt, reset_stakes=True
+            )
+
+    async def canary_set(self, percent: float, by: str, why: str = "set") -> Change:
+        """Move the canary to ``percent`` of the capital now (its stakes count from zero, the
+        epoch rises: a permit asked under the old split is refused); 100 promotes it.
+        Refused: no_canary."""
+        async with self.lock:
+            return await self._canary_move(percent, by, why)
+
+    async def canary_promote(
+        self,
+        by: str,
+        *,
+        full: bool = False,
+        why: str = "promote",
+        expect_since: float | None = None,
+    ) -> Change:
+        """The next step now (``full``: straight to 100 %, the candidate in charge alone on
+        probation). ``expect_since``: the step the caller judged (a judge's promotion is
+        refused, ``step_changed``, when the step moved meanwhile). Refused: no_canary."""
+        async with self.lock:
+            c = self._canary()
+            if expect_since is not None and c.since != expect_since:
+                raise Refused("step_changed", "the step moved since it was judged")
+            nxt_percent = 100.0 if full or c.step + 1 >= len(c.steps) else c.steps[c.step + 1]
+            return await self._canary_move(nxt_percent, by, why)
+
+    async def _canary_move(self, percent: float, by: str, why: str) -> Change:
+        """A new step at ``percent`` (under the lock)."""
+        c = self._canary()
+        if percent >= 100.0:
+            return await self._promote_full(by, why)
+        nxt = self._next()
+        nxt.canary = dataclasses.replace(
+            c, step=canary.step_index(c.steps, percent), percent=percent, since=time.time()
+        )
+        return await self._flip(
+            None, f"canary_step: {percent:g}% ({why})", by, nxt, reset_stakes=True
+        )
+
+    async def canary_abort(
+        self,
+        reason: str,
+        by: str,
+        *,
+        automatic: bool = False,
+        trigger: str | None = None,
+        started: float | None = None,
+    ) -> Change | None:
+        """Stable takes the whole capital back in one flip. ``automatic`` (the judge) rejects
+        the candidate's version, as an automatic rollback does, and is a no-op when no canary
+        runs any more. Refused: no_canary."""
+        async with self.lock:
+            s = self.state
+            if s.mode is not Mode.CANARY:
+                if automatic:
+                    return None
+                raise Refused("no_canary", "no canary is running")
+            target, nxt = self._rolled_back(reject=automatic)
+            return await self._flip(target, reason, by, nxt, trigger=trigger, started=started)
+
+    def _canary(self) -> CanaryState:
+        c = self.state.canary
+        if self.state.mode is not Mode.CANARY or c is None:
+            raise Refused("no_canary", "no canary is running")
+        return c
+
+    async def _promote_full(self, by: str, why: str) -> Change:
+        """The last step: the candidate in charge alone, on probation (under the lock)."""
+        s = self.state
+        candidate = s.candidate
+        assert candidate is not None
+        nxt = self._next()
+        nxt.mode, nxt.canary = Mode.BLUE_GREEN, None
+        nxt.probation_since = time.time()
+        return await self._flip(candidate, f"canary_promote: 100% ({why})", by, nxt)
 
     async def bump(self, reason: str, by: str = "supervisor") -> Change:
         """Raise the epoch without changing who acts (the acting child restarted)."""
@@ -342,6 +508,7 @@ class Rollout:
         assert color is not None
         nxt = self._next()
         nxt.active, nxt.epoch = color, observed.epoch
+        self._end_canary(nxt, color)  # the script bumped the epoch: the fence ended it already
         if color is s.stable:
             nxt.candidate, nxt.probation_since = None, None
         else:
@@ -378,16 +545,19 @@ class Rollout:
                 value=observed.active,
                 hint="no color acts until `agentsup switch COLOR`",
             )
+            nxt = self._next()
+            self._end_canary(nxt, None)
             return await self._flip(
                 None,
                 "external",
                 "redis",
-                self._next(),
+                nxt,
                 expect=observed.active,
                 record_from=known or "",
             )
         if observed.owner != observed.active or color is not s.active:
             nxt = self._next()
+            self._end_canary(nxt, color)
             if color is s.stable:
                 nxt.candidate, nxt.probation_since = None, None
             else:
@@ -397,6 +567,11 @@ class Rollout:
                 None, "external", "redis", nxt, expect=observed.active, record_from=known or ""
             )
         if observed.epoch > s.epoch:
+            if s.mode is Mode.CANARY:
+                # The split holds only at its own epoch: write it again above this one.
+                return await self._flip(
+                    None, "external_epoch", "redis", self._next(), expect=observed.active
+                )
             # Someone else raised the epoch (an operator's INCRBY): adopt it, once it is
             # covered by the reservation on disk (else the children keep the old one, whose
             # permits are refused as stale: fail closed).

@@ -15,6 +15,7 @@ class Mode(StrEnum):
     :class:`~supervisor.rollout.strategy.Strategy` of that name says what it means."""
 
     BLUE_GREEN = "blue-green"  # one color acts, the other stands by warm
+    CANARY = "canary"  # both act: the candidate within its share of the capital (canary.py)
 
 
 ChangeKind = Literal["flip", "confirm"]
@@ -34,6 +35,74 @@ class Change:
     started: float | None = None  # monotonic time of the verdict or request, for latency
 
 
+@dataclass(frozen=True, slots=True)
+class CanaryState:
+    """Where a canary stands: its steps (percent of the capital for the candidate, the last
+    100), the step it is at, the candidate's share now (the step's, or what ``canary set``
+    gave), since when (wall clock), and what the fence grants it beyond its share: a fraction
+    of the step's stakes (``allowance``) and an amount to start with (``start_amount``)."""
+
+    steps: tuple[float, ...]
+    step: int
+    percent: float
+    since: float
+    allowance: float
+    start_amount: float = 0.0
+
+    @property
+    def allocation(self) -> float:
+        """The candidate's share as a fraction (what its ``role`` push carries)."""
+        return self.percent / 100.0
+
+    def fields(self) -> dict[str, str]:
+        """Its fields in the rollout hash (and state.json)."""
+        return {
+            "canary_steps": ",".join(f"{p:g}" for p in self.steps),
+            "canary_step": str(self.step),
+            "canary_percent": f"{self.percent:g}",
+            "canary_since": f"{self.since:.3f}",
+            "canary_allowance": repr(self.allowance),
+            "canary_start_amount": repr(self.start_amount),
+        }
+
+    @classmethod
+    def load(cls, fields: dict[str, str]) -> CanaryState | None:
+        """The canary the rollout hash holds, or None (absent, or not readable).
+
+        >>> c = CanaryState((5.0, 20.0, 100.0), 1, 20.0, 1.5, 0.01, 2.0)
+        >>> CanaryState.load(c.fields()) == c
+        True
+        """
+        try:
+            steps = tuple(float(p) for p in fields["canary_steps"].split(","))
+            state = cls(
+                steps,
+                int(fields["canary_step"]),
+                float(fields["canary_percent"]),
+                float(fields["canary_since"]),
+                float(fields["canary_allowance"]),
+                float(fields.get("canary_start_amount") or 0.0),
+            )
+        except (KeyError, ValueError):
+            return None
+        if not 0 <= state.step < len(steps) or not 0 < state.percent < 100:
+            return None
+        return state
+
+
+_NO_CANARY: dict[str, str] = dict.fromkeys(
+    (
+        "canary_steps",
+        "canary_step",
+        "canary_percent",
+        "canary_since",
+        "canary_allowance",
+        "canary_start_amount",
+    ),
+    "",
+)
+
+
 @dataclass
 class RolloutState:
     active: Color | None = None
@@ -43,6 +112,7 @@ class RolloutState:
     probation_since: float | None = None  # wall clock, when the candidate took charge
     rejected: dict[Color, str] = field(default_factory=dict)  # color -> rejected version
     mode: Mode = Mode.BLUE_GREEN
+    canary: CanaryState | None = None  # in canary mode: its steps and where it stands
 
     def fields(self) -> dict[str, str]:
         """The rollout hash in Redis ('' deletes a field)."""
@@ -53,6 +123,7 @@ class RolloutState:
             "probation_since": f"{self.probation_since:.3f}" if self.probation_since else "",
             "rejected_blue": self.rejected.get(Color.BLUE, ""),
             "rejected_green": self.rejected.get(Color.GREEN, ""),
+            **(self.canary.fields() if self.canary is not None else _NO_CANARY),
         }
 
     def load(self, fields: dict[str, str]) -> None:
@@ -71,6 +142,9 @@ class RolloutState:
         }
         with contextlib.suppress(ValueError):
             self.mode = Mode(fields.get("mode", self.mode.value))
+        self.canary = CanaryState.load(fields) if self.mode is Mode.CANARY else None
+        if self.mode is Mode.CANARY and (self.canary is None or self.candidate is None):
+            self.mode, self.canary = Mode.BLUE_GREEN, None  # a canary that cannot be read
 
 
 def as_color(value: str | None) -> Color | None:

@@ -61,7 +61,8 @@ def strategy_for(mode: Mode) -> Strategy:
     strategy = _STRATEGIES.get(mode)
     if strategy is None:
         from supervisor.rollout.blue_green import BlueGreen  # the table, filled once
+        from supervisor.rollout.canary import Canary
 
-        _STRATEGIES.update({Mode.BLUE_GREEN: BlueGreen()})
+        _STRATEGIES.update({Mode.BLUE_GREEN: BlueGreen(), Mode.CANARY: Canary()})
         strategy = _STRATEGIES[mode]
     return strategy

@@ -95,8 +95,23 @@ WITH_NUMBERS: dict[str, dict[str, Any]] = {
     "outcome": {"type": "outcome", "pnl": 0.0},
     "escrow": {"type": "escrow", "id": "e", "op": "watch"},
     "context": {"type": "context"},
+    "snapshot": {"type": "snapshot", "request_id": "s", "schema": "s/1", "state": {}},
+    "snapshot_chunk": {
+        "type": "snapshot_chunk",
+        "request_id": "s",
+        "index": 0,
+        "total": 1,
+        "data": "",
+    },
+    "permit": {"type": "permit", "request_id": "r", "key": "k"},
 }
-INT_ONLY = {("hello", "pid"), ("hello", "protocol"), ("context", "disputes_open")}
+INT_ONLY = {
+    ("hello", "pid"),
+    ("hello", "protocol"),
+    ("context", "disputes_open"),
+    ("snapshot_chunk", "index"),
+    ("snapshot_chunk", "total"),
+}
 
 
 @settings(max_examples=500, deadline=None)

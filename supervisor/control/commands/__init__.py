@@ -7,8 +7,9 @@ with a whole example.
 order (the order of ``agentsup --help``), and the server looks the request's ``cmd`` up in it.
 Adding a command is its module and one line here.
 
->>> list(COMMANDS)
-['status', 'switch', 'confirm', 'rollback', 'restart', 'shutdown', 'triggers']
+>>> list(COMMANDS)  # doctest: +NORMALIZE_WHITESPACE
+['status', 'switch', 'confirm', 'rollback', 'restart', 'shutdown', 'triggers', 'handoff',
+ 'snapshot', 'decisions', 'canary', 'flags']
 >>> import argparse
 >>> COMMANDS["switch"].request(argparse.Namespace(color="green"))
 {'color': 'green'}
@@ -21,10 +22,15 @@ from __future__ import annotations
 from typing import Any
 
 from supervisor.control.commands import (
+    canary,
     confirm,
+    decisions,
+    flags,
+    handoff,
     restart,
     rollback,
     shutdown,
+    snapshot,
     status,
     switch,
     triggers,
@@ -41,5 +47,10 @@ COMMANDS: dict[str, Command[Any]] = {
         restart.COMMAND,
         shutdown.COMMAND,
         triggers.COMMAND,
+        handoff.COMMAND,
+        snapshot.COMMAND,
+        decisions.COMMAND,
+        canary.COMMAND,
+        flags.COMMAND,
     )
 }
