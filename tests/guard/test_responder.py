@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from supervisor.config import Color, parse
+from supervisor.errors import RedisUnavailable
 from supervisor.guard.verdict import Action, Severity, Verdict
 from supervisor.metrics import Metrics
 from supervisor.rollout.responder import Responder
@@ -31,8 +32,11 @@ class World:
         self.alerts: list[dict[str, Any]] = []
         self.rollbacks: list[Coroutine[Any, Any, Any]] = []
         self.metrics = Metrics()
+        self.rollback_answers: list[Any] = []  # what rollout.rollback() answers, in turn
         rollout = SimpleNamespace(
-            state=SimpleNamespace(epoch=7), on_trial=lambda color: color is on_trial
+            state=SimpleNamespace(epoch=7),
+            on_trial=lambda color: color is on_trial,
+            rollback=self._rollback,
         )
         self.responder = Responder(
             CONFIG,
@@ -42,6 +46,12 @@ class World:
             self._spawn,
             overdue=lambda now: [{"id": "escrow-1", "overdue_s": 12.0}],
         )
+
+    async def _rollback(self, *args: Any, **kwargs: Any) -> Any:
+        answer = self.rollback_answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     def _spawn(self, job: Coroutine[Any, Any, Any]) -> None:
         self.rollbacks.append(job)
@@ -89,3 +99,17 @@ def test_an_escrow_gap_alert_names_the_overdue_escrows() -> None:
     world.responder(verdict("latency", Action.ALERT))
     assert world.alerts[0]["escrows"] == [{"id": "escrow-1", "overdue_s": 12.0}]
     assert "escrows" not in world.alerts[1]
+
+
+async def test_a_rollback_that_finds_nothing_to_do_or_fails_lets_the_next_one_start() -> None:
+    """The job ends, however the rollout answered (nothing to roll back: None; Redis away),
+    and the next verdict for that color starts a rollback again."""
+    world = World()
+    world.rollback_answers = [None, RedisUnavailable("down"), None]
+    responder = world.responder
+    for _ in range(3):
+        responder(verdict("exception", Action.ROLLBACK))
+        assert Color.GREEN in responder._rolling_back
+        await responder._rollback(verdict("exception", Action.ROLLBACK), 0.0)
+        assert Color.GREEN not in responder._rolling_back
+    assert len(world.rollbacks) == 3
