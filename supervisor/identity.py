@@ -134,10 +134,13 @@ def acl_username(namespace: str, color: Color, *, embedded: bool) -> str:
     return f"agentsup-{color.value}" if embedded else f"agentsup-{namespace}-{color.value}"
 
 
-def acl_rules(access: str, keys: Keys, color: Color, password_sha256: str) -> list[str]:
+def acl_rules(
+    access: str, keys: Keys, color: Color, password_sha256: str, flags_prefix: str = "flag:"
+) -> list[str]:
     """The ``ACL SETUSER`` rules for ``color``'s user (``access`` is read or permit).
 
-    read: the active key, ``flag:*`` and ``{ns}:flags*`` read-only; connection commands, PING,
+    read: the active key, the flags (``flag:*``: ``redis.flags_prefix``) and ``{ns}:flags*``
+    read-only; connection commands, PING,
     SELECT, and SUBSCRIBE/PSUBSCRIBE on keyspace channels. permit adds the permit script
     (EVAL, EVALSHA, SCRIPT LOAD), reads of every ``{ns}:*`` key, and writes with the script's
     commands to ``{ns}:permit:*`` and ``{ns}:permits:*``; never to the active key, even when
@@ -150,7 +153,8 @@ def acl_rules(access: str, keys: Keys, color: Color, password_sha256: str) -> li
     ns = glob_literal(keys.namespace)
     allow = ["+@connection", "+select", "+@read"]
     allow += ["+subscribe", "+psubscribe", "+unsubscribe", "+punsubscribe"]
-    patterns = [f"%R~{glob_literal(keys.active)}", "%R~flag:*", f"%R~{ns}:flags*"]
+    flags = f"%R~{glob_literal(flags_prefix)}*"
+    patterns = [f"%R~{glob_literal(keys.active)}", flags, f"%R~{ns}:flags*"]
     selectors = []
     if access == "permit":
         allow += ["+script|load", *(f"+{command}" for command in PERMIT_SCRIPT_WRITES)]
@@ -196,6 +200,7 @@ class ChildAccess:
         daemon_password: str | None,
     ) -> None:
         self.access = config.redis.child_access
+        self.flags_prefix = config.redis.flags_prefix
         self.keys = keys
         self.embedded = embedded
         self.url = config.redis_url()
@@ -208,7 +213,7 @@ class ChildAccess:
 
     def rules(self, color: Color) -> list[str]:
         digest = hashlib.sha256(self._passwords[color].encode()).hexdigest()
-        return acl_rules(self.access, self.keys, color, digest)
+        return acl_rules(self.access, self.keys, color, digest, self.flags_prefix)
 
     async def grant(self, redis: Redis) -> None:
         """Make (or remove) the colors' users. Call it after the namespace lease is taken and

@@ -94,6 +94,17 @@ def acl_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
     r.close()
 
 
+def test_read_access_follows_the_flags_prefix(acl_redis: redis.Redis) -> None:
+    """Several deployments on one Redis, each with its flags under a prefix of its own: a
+    seed-style agent reads its deployment's flags, not the others'."""
+    keys = Keys("bot1", "bot1:active_version")
+    rules = acl_rules("read", keys, Color.BLUE, "0" * 64, flags_prefix="bot1:flag:")
+    acl_redis.execute_command("ACL", "SETUSER", "b", *rules)
+    assert dryrun(acl_redis, "b", "GET", "bot1:flag:game")
+    assert not dryrun(acl_redis, "b", "GET", "flag:game")
+    assert not dryrun(acl_redis, "b", "GET", "bot2:flag:game")
+
+
 def test_read_access_reads_the_active_key_and_the_flags_only(acl_redis: redis.Redis) -> None:
     keys = Keys("agent", "agent:active_version")
     acl_redis.execute_command("ACL", "SETUSER", "b", *acl_rules("read", keys, Color.BLUE, "0" * 64))
