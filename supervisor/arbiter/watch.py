@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -30,8 +30,24 @@ async def watch_active_key(
     """Call ``on_hint()`` whenever the active key is written, deleted or expires. Runs until
     cancelled; across a Redis outage it waits for ``redis_up``, calls ``prepare()`` (a Redis
     restarted in between has forgotten its notification settings) and subscribes anew."""
+    await watch_keyspace(redis, [active_key], on_hint, redis_up, prepare, what="watch")
+
+
+async def watch_keyspace(
+    redis: Redis,
+    keys: Sequence[str],
+    on_hint: Callable[[], None],
+    redis_up: asyncio.Event,
+    prepare: Callable[[], Awaitable[object]],
+    *,
+    what: str,
+) -> None:
+    """The keyspace notifications of ``keys`` (glob patterns allowed): ``on_hint()`` at each,
+    and once after every (re)subscription (what changed before it took). ``what`` names the
+    watcher in the log (``{what}_disconnected``)."""
     db = int(redis.connection_pool.connection_kwargs.get("db", 0) or 0)
-    channel = f"__keyspace@{db}__:{active_key}"
+    channels = [f"__keyspace@{db}__:{key}" for key in keys]
+    pattern = any(c in key for key in keys for c in "*?[")
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     me = asyncio.current_task()
     assert me is not None
@@ -40,14 +56,18 @@ async def watch_active_key(
             try:
                 if not pubsub.subscribed:
                     await prepare()
-                    await pubsub.subscribe(channel)
+                    if pattern:
+                        await pubsub.psubscribe(*channels)
+                    else:
+                        await pubsub.subscribe(*channels)
+                    on_hint()  # whatever changed before the subscription took
                 # redis-py can swallow a cancellation that lands inside (re)subscribe; honour
                 # it here rather than block in get_message forever.
                 if me.cancelling():
                     raise asyncio.CancelledError
                 msg = await pubsub.get_message(timeout=None)
             except (RedisError, OSError) as exc:
-                log.info("watch_disconnected", error=str(exc))
+                log.info(f"{what}_disconnected", error=str(exc))
                 # A fresh subscription: across a Redis restart the old one can stay broken
                 # for good (it believes it is still subscribed and fails on every read).
                 await _close(pubsub)
@@ -58,7 +78,7 @@ async def watch_active_key(
                 await redis_up.wait()
                 on_hint()  # notifications were lost meanwhile: look at the truth once
                 continue
-            if msg is not None and msg.get("type") == "message":
+            if msg is not None and msg.get("type") in ("message", "pmessage"):
                 on_hint()
     finally:
         await _close(pubsub)
