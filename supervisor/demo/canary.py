@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from supervisor import config, logs
 from supervisor.config import Color
-from supervisor.demo.run import DemoFailed, Narrator, _records, _until
+from supervisor.demo.run import DemoFailed, Narrator, _records, _started, _until
 
 if TYPE_CHECKING:
     from supervisor.daemon import Daemon
@@ -75,9 +75,7 @@ async def _story(
     tally = deployment.pipeline.tally
     rollout = deployment.rollout
     try:
-        await _until(lambda: daemon.ready.is_set() or runner.done(), "the daemon to start")
-        if runner.done():
-            raise DemoFailed(f"the daemon stopped while starting (exit {runner.result()})")
+        await _started(daemon, runner)
         await _until(
             lambda: all(c.speaks_protocol for c in deployment.children.values()),
             "both agents to say hello",

@@ -126,6 +126,13 @@ def _said(path: Path, color: str, start: str, after: int = 0) -> list[str]:
     return out
 
 
+async def _started(daemon: Daemon, runner: asyncio.Task[int]) -> None:
+    """Until the daemon is ready; a daemon that stopped while starting is the demo's failure."""
+    await _until(lambda: daemon.ready.is_set() or runner.done(), "the daemon to start")
+    if runner.done():
+        raise DemoFailed(f"the daemon stopped while starting (exit {runner.result()})")
+
+
 async def _handoff_story(
     directory: Path, say: Narrator, make_daemon: Callable[[config.Config], Daemon]
 ) -> dict[str, Any]:
@@ -136,9 +143,7 @@ async def _handoff_story(
     tally = deployment.pipeline.tally
     state = deployment.rollout
     try:
-        await _until(lambda: daemon.ready.is_set() or runner.done(), "the daemon to start")
-        if runner.done():
-            raise DemoFailed(f"the daemon stopped while starting (exit {runner.result()})")
+        await _started(daemon, runner)
         await _until(
             lambda: all(c.speaks_protocol for c in deployment.children.values()),
             "both agents to say hello",
@@ -193,9 +198,7 @@ async def _story(
     tally = daemon.deployment.pipeline.tally
     state = daemon.deployment.rollout
     try:
-        await _until(lambda: daemon.ready.is_set() or runner.done(), "the daemon to start")
-        if runner.done():
-            raise DemoFailed(f"the daemon stopped while starting (exit {runner.result()})")
+        await _started(daemon, runner)
         say(
             f"supervisor ready in {time.monotonic() - say.t0:.2f} s: embedded Redis on "
             f"{daemon.config.embedded_redis_socket}, epoch {state.state.epoch}, "
