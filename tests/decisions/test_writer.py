@@ -6,10 +6,6 @@ trigger's lookups."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -22,7 +18,7 @@ from supervisor.decisions.verify import verify
 from supervisor.guard.double_spend import DoubleSpend
 from supervisor.rollout import Change
 from tests.decisions.support import children, decision, feed, new_log, records, write_log
-from tests.redis_server import short_tempdir
+from tests.test_fence import fill, tiny_disk
 
 
 def sample(log, name: str) -> float:  # type: ignore[no-untyped-def]
@@ -246,34 +242,6 @@ async def test_lookups_answer_in_batches_through_the_running_log(log_dir: Path) 
     await asyncio.gather(answering, writer, return_exceptions=True)
     await log.close()
     assert found == [("order-1", first[0])]
-
-
-@contextlib.contextmanager
-def tiny_disk(size: str = "256k") -> Iterator[Path]:
-    """A tmpfs of our own to fill up (root only), as tests/test_fence.py does."""
-    directory = short_tempdir("as-dl-disk-")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(directory)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        shutil.rmtree(directory, ignore_errors=True)
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", "-l", str(directory)], check=False)
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def fill(directory: Path) -> Path:
-    filler = directory / "filler"
-    with contextlib.suppress(OSError), filler.open("wb") as f:
-        while True:
-            f.write(b"\0" * 4096)
-            f.flush()
-    return filler
 
 
 async def test_a_full_disk_is_survived_with_a_gap_record(log_dir: Path) -> None:
