@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from supervisor.errors import ConfigError
+from supervisor.gates.settings import GatesSection
 
 EX_CONFIG = 78
 
@@ -672,6 +673,7 @@ class Config(_Model):
     canary: CanarySection = CanarySection()
     handoff: HandoffSection = HandoffSection()
     decision_log: DecisionLogSection = DecisionLogSection()
+    gates: GatesSection = GatesSection()
     alerts: AlertsSection = AlertsSection()
     # The feature flags' schema (docs/flags.md): name → type, default, bounds, description.
     flags: dict[str, FlagSpec] = Field(default_factory=dict)

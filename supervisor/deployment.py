@@ -45,6 +45,9 @@ from supervisor.decisions.lookup import Earlier, Query
 from supervisor.errors import LeaseLost, RedisUnavailable, Refused
 from supervisor.flags import FlagBook
 from supervisor.flags.watch import watch_flag_keys
+from supervisor.gates.deploy import Deployer, Strategy
+from supervisor.gates.gates import Gates
+from supervisor.gates.world import DeploymentWorld
 from supervisor.handoff import Handoffs
 from supervisor.identity import ChildAccess
 from supervisor.logs import get as get_logger
@@ -196,6 +199,23 @@ class Deployment:
             record=lambda kind, fields, color: self.decisions.record(kind, fields, color=color),
             alert=alerter.send,
         )
+        # Deploy gates (supervisor/gates): the agents' context and the daemon's own state
+        # judged before a deploy and before every canary step.
+        world = DeploymentWorld(
+            children=self.children,
+            rollout=self.rollout,
+            handoff=self.handoff,
+            escrow=self.pipeline.escrow,
+            arbiter=self.arbiter,
+            redis_up=redis_up,
+            switch=self.switch,
+            canary_start=self.canary_start,
+            record=lambda kind, fields, color: self.decisions.record(kind, fields, color=color),
+        )
+        self.gates = Gates(config, metrics, world)
+        self.gates.attach(self.pipeline)
+        self.deployer = Deployer(self.gates, world, metrics, self._deploy_alert)
+        self.canary.gates_closed = self._canary_gates_closed
         self.started_at = time.monotonic()
         self.state_write_error: str | None = None  # the last failed write of state_dir
         # Executions whose key memory may have forgotten: checked against Redis's permits.
@@ -271,6 +291,39 @@ class Deployment:
     async def flags_history(self, name: str | None, count: int) -> list[dict[str, Any]]:
         return await self.flags.history(name, count)
 
+    def gates_list(self, target: Color | None) -> list[dict[str, Any]]:
+        return self.gates.describe(target)
+
+    async def deploy(
+        self, color: Color, strategy: Strategy, force: bool, reason: str | None, by: str
+    ) -> dict[str, Any]:
+        return await self.deployer.deploy(color, strategy, force, reason, by)
+
+    def _canary_gates_closed(self) -> list[str]:
+        # A canary step hands no state over: the snapshot's age is not its business.
+        candidate = self.rollout.state.candidate
+        return [
+            f"{s.gate}: {s.reason}" for s in self.gates.closed(candidate) if s.gate != "snapshot"
+        ]
+
+    def _deploy_alert(
+        self, severity: str, message: str, color: Color, extra: dict[str, Any]
+    ) -> None:
+        self.metrics.alerts_sent.labels("deploy_forced").inc()
+        self.alerter.send(
+            {
+                "trigger": "deploy_forced",
+                "severity": severity,
+                "action": "alert",
+                "color": color.value,
+                "message": message,
+                "epoch": self.rollout.state.epoch,
+                "at": time.time(),
+                "supervisor": self.name,
+                **extra,
+            }
+        )
+
     def restart(self, color: Color) -> None:
         child = self.children[color]
         if not child.revive():
@@ -323,6 +376,7 @@ class Deployment:
             "decision_log": self.decisions.describe(),
             "canary": self.canary.describe(None),
             "flags": self.flags.describe(),
+            "gates": {g["gate"]: g["open"] for g in self.gates.describe(None)},
             **self.handoff.describe(),  # snapshots, handoff, held
         }
 
@@ -365,6 +419,8 @@ class Deployment:
         self.handoff.recover()  # a handoff the last daemon left half done: finish or undo it
         with contextlib.suppress(RedisError, OSError):
             await self.flags.refresh()  # before the children: their hello gets the values
+        with contextlib.suppress(RedisError, OSError):
+            self.gates.load_flips(await self.arbiter.flips(100))  # the cool-down's start
         log.info(
             "reconciled",
             active=change.active,
@@ -476,6 +532,7 @@ class Deployment:
         if now - self._last_stats >= PERMIT_STATS_S:
             self._last_stats = now
             self.pipeline.export_trigger_values()
+            self.gates.export()
             if self._redis_up.is_set():
                 await self._read_permit_stats()
 
@@ -644,6 +701,8 @@ class Deployment:
             self.metrics.flips.labels(label).inc()
             if change.trigger:
                 self.metrics.rollbacks.labels(change.trigger).inc()
+                if change.trigger != "manual":  # automatic: the gates' cool-down starts
+                    self.gates.rolled_back(time.time())
             self.metrics.set_active(change.active, change.epoch)
             self.canary.on_change(change)
             if change.started is not None:

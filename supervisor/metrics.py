@@ -323,6 +323,23 @@ class Metrics:
             ["op"],
             registry=r,
         )
+        # Deploy gates (supervisor/gates): one gauge per gate, exported from the start.
+        self.gate_open = Gauge(
+            p + "gate_open",
+            "1 while the deploy gate is open (a disabled gate counts as open)",
+            ["gate"],
+            registry=r,
+        )
+        self.deploys = Counter(
+            p + "deploys_total",
+            "agentsup deploy requests, by strategy and result (ok, refused by the gates, "
+            "forced past closed gates, failed)",
+            ["strategy", "result"],
+            registry=r,
+        )
+        for strategy in ("blue-green", "canary"):
+            for result in ("ok", "refused", "forced", "failed"):
+                self.deploys.labels(strategy, result)
         # Feature flags (supervisor/flags): labelled by the schema's names, a bounded set.
         self.flag_changes = Counter(
             p + "flag_changes_total",

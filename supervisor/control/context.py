@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from supervisor.config import Color
 
@@ -109,6 +109,22 @@ class DeploymentView(Protocol):
 
     async def flags_history(self, name: str | None, count: int) -> list[dict[str, Any]]:
         """The latest changes from ``{ns}:flags:log``, newest first."""
+        ...
+
+    def gates_list(self, target: Color | None) -> list[dict[str, Any]]:
+        """Every deploy gate for a deploy to ``target`` (the standby when None)."""
+        ...
+
+    async def deploy(
+        self,
+        color: Color,
+        strategy: Literal["blue-green", "canary"],
+        force: bool,
+        reason: str | None,
+        by: str,
+    ) -> dict[str, Any]:
+        """The gates, then the handoff and switch, or the canary's first step (refused:
+        gates_closed, reason_required, deploy_in_progress, and the step's own)."""
         ...
 
 

@@ -58,6 +58,11 @@ def render_status(st: dict[str, Any]) -> str:
         lines.append(f"rejected (no automatic promotion): {rej}")
     if st.get("pending_rollback"):
         lines.append(f"PENDING ROLLBACK (Redis unreachable): {st['pending_rollback']}")
+    if st.get("gates"):
+        shut = [gate for gate, is_open in st["gates"].items() if not is_open]
+        lines.append(
+            "deploy gates: " + (f"closed: {', '.join(shut)} (agentsup gates)" if shut else "open")
+        )
     lines.append("")
     rows: list[tuple[str, ...]] = [
         ("COLOR", "ROLE", "VERSION", "STATE", "PID", "UPTIME", "RESTARTS", "PROTOCOL")

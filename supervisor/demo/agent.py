@@ -21,6 +21,9 @@ Environment (besides the supervisor's own ``AGENTSUP_*``):
 - ``AGENTSUP_DEMO_ESCROW_DUE_S`` (600): escrow-1 is due this long after start, escrow-2 twice
   that; each is unwatched once released.
 - ``AGENTSUP_DEMO_ESCROW_GAP_S`` (unset): the per-escrow ``gap_s`` sent with ``watch``.
+- ``AGENTSUP_DEMO_DISPUTE`` (unset): ``FROM:UNTIL``, seconds after the agent started: the
+  counterparty of escrow-1 disputes it for that while (the ``context`` the agent reports every
+  second says ``disputes_open = 1``), so that a deploy is refused until it is settled.
 - ``AGENTSUP_DEMO_BUG`` (none): the planted bug, below.
 - ``AGENTSUP_DEMO_BUG_AFTER`` (5): the bug fires on active round ``BUG_AFTER + 1``.
 - ``AGENTSUP_DEMO_VENUE_DIR`` (unset): the simulated venue's order book, shared by both colors
@@ -115,6 +118,7 @@ class Settings:
     bug: str = "none"
     bug_after: int = 5
     schema: str = "demo/1"
+    dispute: tuple[float, float] | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -140,7 +144,15 @@ class Settings:
         schema = f"demo/{env.get('AGENTSUP_DEMO_SCHEMA', '') or '1'}"
         if schema not in SCHEMAS:
             raise BadSetting(f"AGENTSUP_DEMO_SCHEMA={schema[5:]!r}: choose 1 or 2")
+        dispute = None
+        if text := env.get("AGENTSUP_DEMO_DISPUTE", ""):
+            try:
+                start, end = (float(x) for x in text.split(":"))
+            except ValueError:
+                raise BadSetting(f"AGENTSUP_DEMO_DISPUTE={text!r}: FROM:UNTIL in seconds") from None
+            dispute = (start, end)
         return cls(
+            dispute=dispute,
             seed=int(number("SEED", 7)),
             round_s=number("ROUND_S", 0.05),
             think_ms=number("THINK_MS", 2.0),
@@ -379,6 +391,22 @@ class DemoAgent:
 
     # ------------------------------------------------------------------ escrows
 
+    async def report_context(self) -> None:
+        """Every second, what the deploy gates look at: calm markets, and escrow-1's dispute
+        while AGENTSUP_DEMO_DISPUTE says the counterparty holds it."""
+        started = time.monotonic()
+        was = 0
+        while True:
+            disputes = 0
+            if self.s.dispute is not None:
+                since = time.monotonic() - started
+                disputes = int(self.s.dispute[0] <= since < self.s.dispute[1])
+            if disputes != was:
+                self.say("escrow-1 disputed by the counterparty" if disputes else "dispute settled")
+                was = disputes
+            self.agent.context(volatility=0.01, disputes_open=disputes, auto_releases=[])
+            await asyncio.sleep(1.0 if self.s.dispute is None else 0.1)
+
     async def watch_escrows(self) -> None:
         for escrow in self.book.escrows:
             self.agent.escrow(
@@ -415,9 +443,9 @@ async def main(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     async with agent:
         demo.say(f"started (pid {os.getpid()}, seed {settings.seed}, bug {settings.bug})")
-        agent.context(volatility=0.01, disputes_open=0, auto_releases=[])
         async with asyncio.TaskGroup() as tg:
             work = [
+                tg.create_task(demo.report_context(), name="demo-context"),
                 tg.create_task(demo.play(), name="demo-rounds"),
                 tg.create_task(demo.watch_escrows(), name="demo-escrows"),
             ]

@@ -42,6 +42,8 @@ async def play(agent: Agent, env: dict[str, str]) -> None:
             woken.cancel()
             continue
         n += 1
+        if n % 20 == 1:  # the calm world the deploy gates look at (no dispute, no release due)
+            agent.context(volatility=0.01, disputes_open=0, auto_releases=[])
         share = agent.allocation
         at_share = at_share + 1 if bug and share >= bug_share else 0
         factor = 1.0

@@ -7,9 +7,11 @@ is the real one (``Daemon``, the same class ``agentsup run`` runs), in this proc
 are real child processes using the SDK. Its JSON log goes to ``daemon.log`` in the demo's
 state directory (kept with ``--keep``).
 
-``agentsup demo handoff`` tells the other story: blue v1 (state schema ``demo/1``) plays, the
-operator hands its state over to green v2 (``demo/2``: green migrates it up itself), each step
-printed with its time; green plays on with blue's balance, bets, escrows and positions and
+``agentsup demo handoff`` tells the other story: blue v1 (state schema ``demo/1``) plays; the
+operator's ``agentsup deploy green`` is refused while the counterparty of an escrow disputes it
+(the deploy gates: the seed's One Rule), and goes once the dispute is settled: blue's state is
+handed over to green v2 (``demo/2``: green migrates it up itself), each step printed with its
+time; green plays on with blue's balance, bets, escrows and positions and
 opens positions of its own; its planted bug rolls it back, and the state comes back with it:
 green migrates it down and blue holds green's new positions before it acts again.
 """
@@ -29,11 +31,16 @@ import orjson
 
 from supervisor import config, logs
 from supervisor.config import Color
+from supervisor.errors import Refused
 
 if TYPE_CHECKING:
     from supervisor.daemon import Daemon
 
 BLUE_ROUNDS = 20  # rounds blue plays before the switch
+# In the handoff story escrow-1 is disputed for this long after the agents start (a deploy
+# waits for it), and the escrows are due in an hour: past the One Rule's 30 minutes.
+DISPUTE = "0:5"
+ESCROW_DUE_S = "3600"
 BUG_AFTER = 8  # green's bug fires on its ninth round in charge
 HANDOFF_BUG_AFTER = 16  # in the handoff story green plays longer: it opens positions first
 
@@ -68,6 +75,11 @@ def _config(directory: Path, story: str = "rollback") -> config.Config:
     agent = [sys.executable, "-m", "supervisor.demo.agent"]
     venue = directory / "venue"  # the simulated exchange's order ids, shared by both colors
     venue.mkdir(exist_ok=True)
+    world = (
+        {"AGENTSUP_DEMO_DISPUTE": DISPUTE, "AGENTSUP_DEMO_ESCROW_DUE_S": ESCROW_DUE_S}
+        if story == "handoff"
+        else {}
+    )
     return config.parse(
         {
             "supervisor": {
@@ -83,7 +95,11 @@ def _config(directory: Path, story: str = "rollback") -> config.Config:
                 "blue": {
                     "command": agent,
                     "version": "1.0.0",
-                    "env": {"AGENTSUP_DEMO_SEED": "7", "AGENTSUP_DEMO_VENUE_DIR": str(venue)},
+                    "env": {
+                        "AGENTSUP_DEMO_SEED": "7",
+                        "AGENTSUP_DEMO_VENUE_DIR": str(venue),
+                        **world,
+                    },
                 },
                 "green": {
                     "command": agent,
@@ -96,6 +112,7 @@ def _config(directory: Path, story: str = "rollback") -> config.Config:
                             HANDOFF_BUG_AFTER if story == "handoff" else BUG_AFTER
                         ),
                         "AGENTSUP_DEMO_SCHEMA": "2",  # v2 changed its state's schema
+                        **world,
                     },
                 },
             },
@@ -152,9 +169,24 @@ async def _handoff_story(
         await _until(lambda: tally[Color.BLUE].rounds >= BLUE_ROUNDS, "blue to play")
         say(
             f"blue has played {tally[Color.BLUE].rounds} rounds; the operator runs "
-            "`agentsup handoff green`"
+            "`agentsup deploy green`"
         )
-        result = await deployment.handoff_to(Color.GREEN, False, "operator (demo)")
+        try:
+            await deployment.deploy(Color.GREEN, "blue-green", False, None, "operator (demo)")
+            raise DemoFailed("the deploy went ahead during the escrow dispute")
+        except Refused as exc:
+            say(f"refused ({exc.code}): the One Rule, no deploy during an escrow dispute")
+            for line in str(exc).splitlines()[1:-1]:
+                say(f"  {line.strip()}")
+        await _until(
+            lambda: all(g.gate != "escrow_dispute" for g in deployment.gates.closed(Color.GREEN)),
+            "the dispute to be settled",
+        )
+        say("the counterparty settles escrow-1's dispute; the operator deploys again")
+        deployed = await deployment.deploy(
+            Color.GREEN, "blue-green", False, None, "operator (demo)"
+        )
+        result = deployed["handoff"]
         for step in result["steps"]:
             say(f"  handoff step {step['step']:<8} {step['ms']:8.3f} ms")
         snap = result["snapshot"]

@@ -261,6 +261,11 @@ class EscrowGap:
             for s, escrow_id, e in late[:limit]
         ]
 
+    def due_times(self) -> list[tuple[str, float]]:
+        """Every watched escrow that has a due time (its auto-release): id, due_at. For the
+        deploy gates (supervisor/gates): no deploy within 30 minutes of one."""
+        return [(i, e.due_at) for i, e in self._escrows.items() if e.due_at is not None]
+
     def __len__(self) -> int:
         return len(self._escrows)
 

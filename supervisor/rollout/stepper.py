@@ -39,7 +39,7 @@ from supervisor.rollout.state import Change, Mode
 log = get_logger("canary")
 
 JUDGE_TRIGGER = "canary_judge"  # the rollbacks_total{trigger} label of the judge's aborts
-StepState = Literal["running", "held", "ready"]
+StepState = Literal["running", "held", "ready", "gated"]
 
 
 class Stepper:
@@ -65,6 +65,9 @@ class Stepper:
         self._spawn = spawn
         self.judge = Judge(self.cfg.judge, stakes_from_permits=stakes_from_permits)
         self._step: tuple[Color, float] | None = None  # (candidate, since) the samples are of
+        # The deploy gates that are closed now ("gate: why" each; supervisor/gates): a step
+        # the judge passes waits while any is (state "gated"); the operator's promote does not.
+        self.gates_closed: Callable[[], list[str]] = list
         self._reset_step()
 
     def _reset_step(self) -> None:
@@ -136,12 +139,18 @@ class Stepper:
             and age >= self.cfg.min_seconds + self.cfg.hold_alert_s
         ):
             self._held_too_long(candidate, age)
+        if self.state == "gated" and not self._busy and not self.gates_closed():
+            self._busy = True
+            self._spawn(self._ungated(candidate))
+            return
         if self._busy or now - self._last_look < self.cfg.judge.look_s:
             return
         self._last_look = now
         due = self.judge.rounds(candidate) >= self.due_rounds and age >= self.cfg.min_seconds
         self._busy = True
-        self._spawn(self._look(candidate, due and self.state != "ready", now))
+        # Passed and waiting (for an operator, or for the gates): only the running looks,
+        # which still abort a candidate that goes bad meanwhile.
+        self._spawn(self._look(candidate, due and self.state not in ("ready", "gated"), now))
 
     async def _look(self, candidate: Color, due: bool, now: float) -> None:
         step = self._step
@@ -217,9 +226,32 @@ class Stepper:
         )
         self._alert(candidate, "critical", f"canary aborted at {percent:g}%: {why}", percent)
 
+    async def _ungated(self, candidate: Color) -> None:
+        step = self._step
+        try:
+            log.info("canary_step_ungated", candidate=candidate, hint="the gates opened")
+            self.state = "running"
+            await self._passed(candidate)
+        finally:
+            if self._step == step:
+                self._busy = False
+
     async def _passed(self, candidate: Color) -> None:
         c = self.rollout.state.canary
         assert c is not None
+        closed = self.gates_closed()
+        if closed:
+            if self.state != "gated":
+                log.warning(
+                    "canary_step_gated",
+                    candidate=candidate,
+                    percent=c.percent,
+                    closed=closed,
+                    hint="the step passed; it moves on once the deploy gates open (held, "
+                    "not aborted)",
+                )
+            self.state = "gated"
+            return
         if not self.cfg.auto_promote:
             self.state = "ready"
             log.info(
@@ -326,11 +358,13 @@ class Stepper:
         )
 
     async def set(self, percent: float, by: str) -> Change:
-        """``canary set PCT``: that share now, as a new step (100: promoted)."""
+        """``canary set PCT``: that share now, as a new step (100: promoted). The operator's
+        own move, not gated (as ``switch`` is not): the gates hold the judge's steps."""
         return await self.rollout.canary_set(percent, by, why=f"set by {by}")
 
     async def promote(self, full: bool, by: str) -> Change:
-        """``canary promote [--full]``: the next step now, or straight to 100 %."""
+        """``canary promote [--full]``: the next step now, or straight to 100 % (the
+        operator's own move, not gated; a step held by the gates is moved on by it)."""
         return await self.rollout.canary_promote(by, full=full, why=f"promoted by {by}")
 
     async def abort(self, reason: str, by: str, started: float) -> Change:
@@ -403,6 +437,7 @@ class Stepper:
             "min_rounds": self.due_rounds,
             "min_seconds": self.cfg.min_seconds,
             "state": self.state,
+            "gates_closed": self.gates_closed() if self.state == "gated" else [],
             "auto_promote": self.cfg.auto_promote,
             "judge": None
             if self.judgement is None

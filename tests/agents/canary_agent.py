@@ -12,7 +12,9 @@ Environment: ``CANARY_DIR`` (required), ``CANARY_SEED`` (1), ``CANARY_MU`` (0.0)
 ``CANARY_BASE`` (10.0), ``CANARY_STAKE_FACTOR`` (1.0), ``CANARY_ROUND_S`` (0: no pause),
 ``CANARY_NO_OUTCOMES`` (unset: set, no outcome is reported: the judge has no rounds),
 ``CANARY_NO_AMOUNT`` (unset: set, permits are asked without an amount), ``CANARY_RAISE_AFTER``
-(unset: after this many rounds in the ``canary`` role, every decision raises ``KeyError``).
+(unset: after this many rounds in the ``canary`` role, every decision raises ``KeyError``),
+``CANARY_DISPUTES_FILE`` (unset: set, every 0.1 s of rounds the agent reports ``context`` with
+``disputes_open`` read from that file, for the deploy gates).
 """
 
 from __future__ import annotations
@@ -21,9 +23,16 @@ import asyncio
 import os
 import random
 import sys
+import time
 from typing import TextIO
 
 from supervisor.agent import Agent, Role
+
+
+def read_disputes(path: str) -> int:
+    """The disputes open, as the test wrote them (a few bytes: read at once)."""
+    with open(path) as f:
+        return int(f.read().strip() or 0)
 
 
 async def main(log: TextIO) -> None:
@@ -37,6 +46,8 @@ async def main(log: TextIO) -> None:
     outcomes = not env.get("CANARY_NO_OUTCOMES")
     with_amount = not env.get("CANARY_NO_AMOUNT")
     raise_after = int(env["CANARY_RAISE_AFTER"]) if env.get("CANARY_RAISE_AFTER") else None
+    disputes_file = env.get("CANARY_DISPUTES_FILE")
+    reported = 0.0
     async with Agent.connect() as agent:
         changed = asyncio.Event()
 
@@ -58,6 +69,10 @@ async def main(log: TextIO) -> None:
                 woken.cancel()
                 continue
             n += 1
+            if disputes_file and time.monotonic() - reported >= 0.1:
+                reported = time.monotonic()
+                disputes = read_disputes(disputes_file)
+                agent.context(volatility=0.0, disputes_open=disputes, auto_releases=[])
             in_canary = agent.role is Role.CANARY
             canary_rounds += in_canary
             amount = base * agent.allocation * factor * rng.uniform(0.5, 1.5)

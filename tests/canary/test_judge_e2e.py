@@ -15,6 +15,9 @@ QUICK = {
     "min_seconds": 0.5,
     "judge": {"look_s": 0.25},
 }
+# These agents report no context: the deploy gates it feeds would hold every step the judge
+# passes (tests/gates/test_deploy.py shows that); here they are off.
+NO_CONTEXT_GATES = {"disabled": ["escrow_dispute", "auto_release"]}
 
 
 async def test_a_healthy_candidate_is_promoted_step_by_step(
@@ -24,7 +27,7 @@ async def test_a_healthy_candidate_is_promoted_step_by_step(
     async with running_daemon(
         redis_url=redis_server.url,
         **agents(plays, both={"CANARY_ROUND_S": "0.003"}),
-        sections={"canary": QUICK, "rollout": {"probation_s": 0}},
+        sections={"canary": QUICK, "rollout": {"probation_s": 0}, "gates": NO_CONTEXT_GATES},
     ) as d:
         started = await start_canary(d)
         step = await d.wait_log("flip", reason="canary_step: 20% (judge: pass)", timeout=30)

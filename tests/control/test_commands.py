@@ -302,7 +302,7 @@ def test_every_command_forbids_unknown_args_and_has_a_documented_message() -> No
         # The CLI half builds a request its own server half accepts.
         parser = argparse.ArgumentParser()
         command.arguments(parser)
-        positional = ["green"] if name in ("switch", "restart", "handoff") else []
+        positional = ["green"] if name in ("switch", "restart", "handoff", "deploy") else []
         ns = parser.parse_args(positional)
         command.Args.model_validate(command.request(ns))
 

@@ -85,7 +85,11 @@ def test_the_handoff_demo_runs_to_the_end() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert "the operator runs `agentsup handoff green`" in out
+    assert "the operator runs `agentsup deploy green`" in out
+    # The deploy gates: refused while escrow-1 is disputed, let through once it is settled.
+    assert "refused (gates_closed)" in out
+    assert "escrow_dispute: 1 escrow dispute(s) open" in out
+    assert out.index("refused (gates_closed)") < out.index("dispute; the operator deploys again")
     for step in ("quiesce", "snapshot", "store", "restore", "flip"):
         assert f"handoff step {step}" in out
     assert "green says: restored demo/2:" in out

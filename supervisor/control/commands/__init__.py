@@ -9,7 +9,7 @@ Adding a command is its module and one line here.
 
 >>> list(COMMANDS)  # doctest: +NORMALIZE_WHITESPACE
 ['status', 'switch', 'confirm', 'rollback', 'restart', 'shutdown', 'triggers', 'handoff',
- 'snapshot', 'decisions', 'canary', 'flags']
+ 'snapshot', 'decisions', 'canary', 'flags', 'gates', 'deploy']
 >>> import argparse
 >>> COMMANDS["switch"].request(argparse.Namespace(color="green"))
 {'color': 'green'}
@@ -25,7 +25,9 @@ from supervisor.control.commands import (
     canary,
     confirm,
     decisions,
+    deploy,
     flags,
+    gates,
     handoff,
     restart,
     rollback,
@@ -52,5 +54,7 @@ COMMANDS: dict[str, Command[Any]] = {
         decisions.COMMAND,
         canary.COMMAND,
         flags.COMMAND,
+        gates.COMMAND,
+        deploy.COMMAND,
     )
 }
