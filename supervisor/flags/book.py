@@ -7,6 +7,10 @@ written and logged in one Lua call; a change made behind its back is found by :m
 (woken by a keyspace notification, or by the timer), judged against the schema, logged with
 ``who=redis``, and pushed. A raw value that does not fit is never pushed: the children stay on
 the last good value, and the bad one is counted, logged and alerted on until it is fixed.
+
+A Redis that comes back as another server (its ``run_id`` changed: restarted empty, or from an
+older dump) does not turn a kill switch back on: every flag key is put back as it was last
+read, from memory or from ``state_dir/flags.json`` (kept.py), logged ``who=supervisor``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from supervisor.alerts import Alert
 from supervisor.config import Color, Config, FlagSpec, FlagValue
 from supervisor.errors import Refused
 from supervisor.flags.codec import FlagValueError, decode, encode, parse_cli
+from supervisor.flags.kept import KeptFlags
 from supervisor.flags.keys import FlagKeys
 from supervisor.logs import get as get_logger
 from supervisor.metrics import Metrics
@@ -92,6 +97,9 @@ class FlagBook:
         self._bad: dict[str, str] = {}  # keys holding text that does not fit, and the text
         self._why: dict[str, str] = {}
         self._loaded = False
+        # The server the keys were last read from, and what it held (kept.py).
+        self._run_id: str | None = None
+        self._kept = KeptFlags(config.supervisor.state_dir / "flags.json")
         self._lock = asyncio.Lock()
         self._hint = asyncio.Event()
         self._effective: Effective = self._compute()
@@ -168,7 +176,14 @@ class FlagBook:
             return
         async with self._lock:
             keys = list(self._where)
-            raws = await self.redis.mget(keys)
+            if not self._loaded:
+                await asyncio.to_thread(self._kept.load)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.info("server")
+            pipe.mget(keys)
+            info, raws = await pipe.execute()
+            run_id = str(info.get("run_id", ""))
+            raws = await self._put_back(keys, raws, run_id)
             changes: list[tuple[str, Color | None, str | None, str | None]] = []
             for key, got in zip(keys, raws, strict=True):
                 raw = _text(got) if got is not None else None
@@ -195,11 +210,39 @@ class FlagBook:
                     changes.append((name, color, before, raw))
             if not self._loaded:
                 log.info("flags_loaded", values={c.value: self.values(c) for c in Color})
+            self._run_id = run_id
+            await asyncio.to_thread(self._kept.save, run_id, self._raw)
             # Pushed first, recorded after: the history's round trip is not on the clock.
             self._publish()
             self._loaded = True
             for name, color, old, new in changes:
                 await self._log_external(name, color, old, new)
+
+    async def _put_back(self, keys: list[str], raws: list[Any], run_id: str) -> list[Any]:
+        """Redis is another server than the one the flags were last read from: write every
+        key back as it was (and remove what was not there). Returns what Redis holds now."""
+        known_run = self._run_id if self._loaded else self._kept.run_id
+        if not known_run or not run_id or run_id == known_run:
+            return raws
+        known = self._raw if self._loaded else dict(self._kept.raw)
+        now: list[Any] = []
+        for key, got in zip(keys, raws, strict=True):
+            raw = _text(got) if got is not None else None
+            want = known.get(key)
+            if raw == want:
+                now.append(got)
+                continue
+            name, color = self._where[key]
+            why = "put back: Redis came back as another server (run_id changed) without it"
+            op = "unset" if want is None else "set"
+            args = [op, want or "", name, color.value if color else "", "supervisor", why]
+            await self._write(
+                keys=[key, self.keys.log], args=[*args, repr(time.time()), LOG_MAXLEN]
+            )
+            log.warning("flag_put_back", key=key, was=raw, now=want, hint=why)
+            self.metrics.flag_changes.labels(name, "supervisor").inc()
+            now.append(want)
+        return now
 
     async def _log_external(
         self, name: str, color: Color | None, old: str | None, new: str | None

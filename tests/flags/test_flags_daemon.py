@@ -247,10 +247,10 @@ async def test_after_a_redis_restart_changes_are_picked_up_again_and_recorded(
 
         redis_server.stop()
         await d.wait_log("redis_down")
-        redis_server.start()  # empty: the flags are gone, the defaults apply again
         since = len(d.logs)
+        redis_server.start()  # empty: the daemon puts the flags back (test_flags_redis_lost.py)
         await d.wait_log("redis_up", since=since)
-        await _pushed(d, "green", since=since, game="coinflip")
+        await d.wait_log("flag_put_back", since=since, key="flag:game", now="dice")
         since = len(d.logs)
         r.set("flag:game", "crash")  # the watch is back: picked up and pushed
         for color in ("blue", "green"):
