@@ -663,6 +663,45 @@ class FlagSpec(_Model):
         return self
 
 
+# A field of a decision's output, as the shadow's comparator names it: dotted keys ("bet.side").
+FieldPath = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class ComparatorSpec(_Model):
+    """How the shadow compares a decision kind's outputs, field by field (docs/shadow.md).
+    Two numbers are the same when they differ by at most ``absolute`` or by at most
+    ``relative`` of the larger one (Diffy's defaults: 20 % and 0.03)."""
+
+    # Only these fields are compared (empty: every field of the output) ...
+    fields: list[FieldPath] = Field(default_factory=list, max_length=1000)
+    # ... except these (a timestamp, free text the model writes differently every time).
+    ignore: list[FieldPath] = Field(default_factory=list, max_length=1000)
+    relative: float = Field(0.2, ge=0, le=1e6)
+    absolute: float = Field(0.03, ge=0, le=1e15)
+
+
+class ShadowSection(_Model):
+    """``[shadow]``: a standby color deciding on the live inputs, never acting
+    (supervisor/shadow, docs/shadow.md)."""
+
+    # The comparator of a kind not in ``kinds``; ``[shadow.kinds.NAME]`` for one kind.
+    comparator: ComparatorSpec = ComparatorSpec()
+    kinds: dict[Annotated[str, Field(max_length=200)], ComparatorSpec] = Field(
+        default_factory=dict, max_length=1000
+    )
+    # The noise floor: this fraction of the live color's decisions is mirrored back to it.
+    floor_fraction: float = Field(0.1, ge=0, le=1)
+    # A field's divergence is reported when its rate passes the floor's by this many
+    # standard errors (one-sided; 3: about 1 in 700 fields by chance at any one look).
+    floor_z: float = Field(3.0, ge=0, le=100)
+    # Mirrors waiting for the shadow; past it new ones are dropped (and counted).
+    queue_size: int = Field(1000, ge=1, le=1_000_000)
+    # Mirrors in flight at once to the shadow (and, apart, to the live color for the floor).
+    concurrency: int = Field(8, ge=1, le=1000)
+    # How long a mirror (or a scoring) may take: past it the shadow's answer is a timeout.
+    timeout_s: ShortSeconds = 2.0
+
+
 class Config(_Model):
     supervisor: SupervisorSection = SupervisorSection()
     redis: RedisSection = RedisSection()
@@ -675,6 +714,7 @@ class Config(_Model):
     decision_log: DecisionLogSection = DecisionLogSection()
     gates: GatesSection = GatesSection()
     alerts: AlertsSection = AlertsSection()
+    shadow: ShadowSection = ShadowSection()
     # The feature flags' schema (docs/flags.md): name → type, default, bounds, description.
     flags: dict[str, FlagSpec] = Field(default_factory=dict)
 

@@ -57,6 +57,7 @@ from supervisor.pipeline import Pipeline
 from supervisor.rollout import Change, Rollout
 from supervisor.rollout.responder import Responder
 from supervisor.rollout.stepper import Stepper
+from supervisor.shadow import Shadow
 from supervisor.tasks import Tasks
 
 log = get_logger("deployment")
@@ -151,6 +152,18 @@ class Deployment:
             stakes_from_permits=config.redis.child_access not in ("permit", "full"),
         )
         self.canary.attach(self.pipeline)
+        # Shadow mode (supervisor/shadow): the standby decides on the live inputs, never acts.
+        self.shadow = Shadow(
+            config.shadow,
+            rollout=self.rollout,
+            children=self.children,
+            metrics=metrics,
+            alerter=alerter,
+            spawn=self._tasks.job,
+            push_roles=lambda: self.push_roles(),
+            supervisor_name=config.supervisor.name,
+        )
+        self.shadow.attach(self.pipeline)
         # Each Child copies its env at every spawn: the Redis credentials, known once the
         # users are made at start, are added to these before the first one.
         env = self._child_env()
@@ -272,6 +285,15 @@ class Deployment:
     async def canary_status(self) -> dict[str, Any]:
         return await self.canary.status()
 
+    async def shadow_start(self, color: Color, by: str) -> dict[str, Any]:
+        return await self.shadow.start(color, by)
+
+    async def shadow_stop(self, by: str) -> dict[str, Any]:
+        return await self.shadow.stop(by)
+
+    def shadow_report(self) -> dict[str, Any]:
+        return self.shadow.report()
+
     def flags_list(self) -> list[dict[str, Any]]:
         return self.flags.listing()
 
@@ -375,6 +397,7 @@ class Deployment:
             "triggers": self.triggers(),
             "decision_log": self.decisions.describe(),
             "canary": self.canary.describe(None),
+            "shadow": self.shadow.describe(),
             "flags": self.flags.describe(),
             "gates": {g["gate"]: g["open"] for g in self.gates.describe(None)},
             **self.handoff.describe(),  # snapshots, handoff, held
@@ -693,6 +716,7 @@ class Deployment:
 
     # callbacks from the parts -------------------------------------------------------------
     def _on_change(self, change: Change) -> None:
+        self.shadow.on_change(change)  # a flip may end the shadow, before the roles go out
         self.decisions.change(change)
         self.handoff.on_change(change)  # after a handoff, a rollback holds stable first
         if change.kind == "flip":
@@ -723,6 +747,8 @@ class Deployment:
         for color, child in self.children.items():
             given = self.rollout.assignment(color)
             role, allocation = given.role, given.allocation
+            if self.shadow.overrides(color, role):
+                role, allocation = "shadow", 0.0
             if self.lease.fenced:
                 role, allocation = "standby", 0.0
             sent = child.send(
@@ -760,6 +786,7 @@ class Deployment:
     def _on_child_exit(self, child: Child, returncode: int) -> None:
         color = child.color
         self.told[color] = None
+        self.shadow.child_exited(color)
         self.metrics.child_role_active.labels(color.value).set(0)
         self.metrics.child_restarts.labels(color.value).inc()
         if self.rollout.on_trial(color):

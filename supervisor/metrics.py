@@ -155,7 +155,30 @@ class Metrics:
         )
         self.shadow_divergences = Counter(
             p + "shadow_divergences_total",
-            "Shadow decisions that differed from the live ones",
+            "Shadow decisions that differed from the live ones in a compared field, by "
+            "decision kind (noise included: the report says which fields pass the floor)",
+            ["kind"],
+            registry=r,
+        )
+        self.shadow_mirrors = Counter(
+            p + "shadow_mirrors_total",
+            "Live decisions mirrored to the shadow, by result (answered, dropped: the queue "
+            "was full, timeout, error: the shadow went away or answered garbage)",
+            ["result"],
+            registry=r,
+        )
+        self.shadow_executions = Counter(
+            p + "shadow_executions_total",
+            "Executions a shadow reported (critical: a shadow must never move money)",
+            registry=r,
+        )
+        self.shadow_running = Gauge(
+            p + "shadow_running", "1 while a color runs as the shadow", ["color"], registry=r
+        )
+        self.shadow_fields_diverging = Gauge(
+            p + "shadow_fields_diverging",
+            "Fields whose divergence rate passes the noise floor now, by decision kind",
+            ["kind"],
             registry=r,
         )
         self.canary_allocation = Gauge(

@@ -54,6 +54,7 @@ MESSAGE_TYPES: Final = (
     "restored",
     "quiesced",
     "mirror_result",
+    "mirror_scored",
     "permit",
     EXIT,
 )
@@ -141,6 +142,7 @@ class Pipeline:
             ("restored", on_reply),
             ("quiesced", on_reply),
             ("mirror_result", on_reply),
+            ("mirror_scored", on_reply),
         ]
         for msg_type, subscriber in builtins:
             self.subscribe(msg_type, subscriber)

@@ -88,6 +88,7 @@ RANGES: Final[dict[tuple[str, str], tuple[float, float]]] = {
     ("snapshot", "taken_at"): (0.0, 1e10),  # unix seconds, like escrow.due_at
     ("snapshot_chunk", "index"): (0, MAX_CHUNKS - 1),
     ("snapshot_chunk", "total"): (1, MAX_CHUNKS),
+    ("mirror_scored", "pnl"): (-MAX_MONEY, MAX_MONEY),
 }
 
 # type -> ((field, kind, required), ...)
@@ -139,6 +140,9 @@ _FIELDS: Final[dict[str, tuple[tuple[str, str, bool], ...]]] = {
     "restored": (("request_id", _STR, True), ("digest", _STR, True), ("error", _STR, False)),
     "quiesced": (("request_id", _STR, True), ("error", _STR, False)),
     "mirror_result": (("request_id", _STR, True), ("output", _ANY, True)),
+    # The shadow's would-be PnL of its own decision on a live outcome (reply to mirror_outcome);
+    # pnl null with an error when it could not score it.
+    "mirror_scored": (("request_id", _STR, True), ("pnl", _NUM, False), ("error", _STR, False)),
     # amount: the stake, required in a canary (the fence counts it against the allocation).
     "permit": (("request_id", _STR, True), ("key", _STR, True), ("amount", _NUM, False)),
 }

@@ -25,6 +25,7 @@ import logging
 import secrets
 import time
 import traceback as _traceback
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -55,6 +56,12 @@ from supervisor.protocol import (
 
 # One logger for the whole SDK, under the name it had as a single module.
 log = logging.getLogger("supervisor.agent")
+
+#: ``fn(inputs, output, outcome)``: the PnL this agent's own mirrored decision would have made
+#: on a live round's outcome (None: cannot say). May be async.
+MirrorOutcomeHook = Callable[[Any, Any, dict[str, Any]], float | Awaitable[float | None] | None]
+# Mirrored decisions remembered (inputs, output) for their outcome, the oldest forgotten first.
+_MIRRORS_KEPT: Final = 10_000
 
 T = TypeVar("T")
 
@@ -118,6 +125,10 @@ class Channel:
         self._on_snapshot: SnapshotHook | None = None
         self._on_restore: RestoreHook | None = None
         self._on_mirror: MirrorHook | None = None
+        self._on_mirror_outcome: MirrorOutcomeHook | None = None
+        self._mirrored: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
+        # How the shadow compares this agent's outputs, per decision kind (sent in hello).
+        self._comparators: dict[str, dict[str, Any]] = {}
         self._on_quiesce: PlainHook | None = None
         self._on_resume: PlainHook | None = None
         self._on_replay: ReplayHook | None = None
@@ -131,6 +142,7 @@ class Channel:
             "restore": self._handle_restore,
             "restore_chunk": self._handle_restore_chunk,
             "mirror": self._handle_mirror,
+            "mirror_outcome": self._handle_mirror_outcome,
             "error": self._handle_error,
         }
 
@@ -529,11 +541,52 @@ class Channel:
             log.warning("mirror requested but no on_mirror hook is set")
             return
 
+        decision_id = msg.get("decision_id")
+
         async def answer() -> None:
             output = await _resolve(hook(inputs))
+            if type(decision_id) is str and self._on_mirror_outcome is not None:
+                # Kept for the live round's outcome (mirror_outcome), to be scored then.
+                self._mirrored[decision_id] = (inputs, output)
+                if len(self._mirrored) > _MIRRORS_KEPT:
+                    self._mirrored.popitem(last=False)
             self._send({"type": "mirror_result", "request_id": request_id, "output": output})
 
         self._spawn(self._guarded(answer(), "on_mirror"), "agentsup-mirror")
+
+    def _handle_mirror_outcome(self, msg: dict[str, Any]) -> None:
+        request_id, hook = self._request_id(msg), self._on_mirror_outcome
+        decision_id, outcome = msg["decision_id"], msg["outcome"]
+        if type(outcome) is not dict:
+            raise ValueError("outcome must be an object")
+
+        def scored(pnl: float | None, error: str | None = None) -> None:
+            reply: dict[str, Any] = {"type": "mirror_scored", "request_id": request_id}
+            reply["pnl"] = pnl
+            if error is not None:
+                reply["error"] = error
+            self._send(reply)
+
+        if hook is None:
+            scored(None, "this agent has no on_mirror_outcome hook")
+            return
+        mirrored = self._mirrored.pop(decision_id, None) if type(decision_id) is str else None
+        if mirrored is None:
+            scored(None, "no mirrored decision with this id (not mirrored here, or forgotten)")
+            return
+
+        async def answer() -> None:
+            try:
+                pnl = await _resolve(hook(mirrored[0], mirrored[1], outcome))
+            except Exception as exc:
+                scored(None, f"on_mirror_outcome failed: {type(exc).__name__}")
+                raise
+            if pnl is None:
+                scored(None, "on_mirror_outcome gave no PnL")
+            else:
+                scored(float(pnl))
+
+        self._spawn(self._guarded(answer(), "on_mirror_outcome"), "agentsup-mirror-outcome")
 
     async def _guarded(self, coro: Awaitable[None], hook: str) -> None:
         # A failing hook is reported as kind "other": it is not the execution path, and the

@@ -17,7 +17,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final
 
@@ -28,7 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from supervisor.agent.channel import DEFAULT_MAX_STATE_BYTES, Channel
+from supervisor.agent.channel import DEFAULT_MAX_STATE_BYTES, Channel, MirrorOutcomeHook
 from supervisor.agent.migrations import Migrations
 from supervisor.agent.types import (
     _REASONS,
@@ -218,6 +218,8 @@ class Agent(Channel):
             "protocol": PROTOCOL_VERSION,
             "capabilities": self.capabilities,
         }
+        if self._comparators:
+            hello["comparators"] = self._comparators  # how a shadow compares our outputs
         if self.schema is not None:
             # What a handoff needs to know: the schema it gives, every one it can take.
             hello["schema"] = self.schema
@@ -282,6 +284,8 @@ class Agent(Channel):
             caps.append("snapshot")
         if self._on_mirror is not None:
             caps.append("mirror")
+        if self._on_mirror_outcome is not None:
+            caps.append("mirror_outcome")
         return caps
 
     # ---------------------------------------------------------------- what the pushes keep
@@ -428,6 +432,48 @@ class Agent(Channel):
         self._on_mirror = fn
         self._warn_if_announced("mirror")
         return fn
+
+    def on_mirror_outcome(self, fn: MirrorOutcomeHook) -> MirrorOutcomeHook:
+        """Score a mirrored decision of this agent (a shadow's) on the live round's outcome:
+        ``fn(inputs, output, outcome)`` returns the PnL ``output`` would have made (may be
+        async; None when it cannot say). ``outcome`` is the live color's ``outcome`` report
+        (``pnl``, ``decision_id`` and whatever else it said: the roll, the crash point)::
+
+            @agent.on_mirror_outcome
+            def would_be(inputs, output, outcome):
+                won = outcome["crash"] >= output["target"]
+                return output["stake"] * (output["target"] - 1) if won else -output["stake"]
+        """
+        self._on_mirror_outcome = fn
+        self._warn_if_announced("mirror_outcome")
+        return fn
+
+    def compare(
+        self,
+        kind: str,
+        *,
+        fields: Sequence[str] = (),
+        ignore: Sequence[str] = (),
+        relative: float = 0.2,
+        absolute: float = 0.03,
+    ) -> None:
+        """How a shadow compares this agent's outputs of decision ``kind``: only ``fields``
+        (all when empty) but ``ignore``; numbers within ``absolute`` or ``relative`` of the
+        larger are the same. Sent in hello, so call it before ``async with``; the operator's
+        ``[shadow.kinds.KIND]`` wins over it::
+
+            agent.compare("crash", ignore=["reasoning"], relative=0.05)
+        """
+        if not (0 <= relative <= 1e6 and 0 <= absolute <= 1e15):
+            raise ValueError("relative and absolute must be finite and at least 0")
+        if self._writer is not None:
+            log.warning("compare(%r) after hello: not announced", kind)
+        self._comparators[kind] = {
+            "fields": list(fields),
+            "ignore": list(ignore),
+            "relative": float(relative),
+            "absolute": float(absolute),
+        }
 
     def on_replay(self, fn: ReplayHook) -> ReplayHook:
         """Apply ``fn(events)`` after a restore that carries events: what the other color
@@ -671,14 +717,15 @@ class Agent(Channel):
             {"type": "execution", "decision_id": decision_id, "key": key, "amount": float(amount)}
         )
 
-    def outcome(self, pnl: float, decision_id: str | None = None) -> None:
-        """Report that one round finished with ``pnl``.
+    def outcome(self, pnl: float, decision_id: str | None = None, **details: Any) -> None:
+        """Report that one round finished with ``pnl``; ``details`` (the roll, the crash
+        point, the fill) go along, for a shadow to score its own decision on.
 
         For example::
 
-            agent.outcome(-1.0, decision_id=d.id)
+            agent.outcome(-1.0, decision_id=d.id, crash=1.37)
         """
-        msg: dict[str, Any] = {"type": "outcome", "pnl": float(pnl)}
+        msg: dict[str, Any] = {**details, "type": "outcome", "pnl": float(pnl)}
         if decision_id is not None:
             msg["decision_id"] = decision_id
         self._send(msg)

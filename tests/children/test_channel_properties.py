@@ -104,6 +104,7 @@ WITH_NUMBERS: dict[str, dict[str, Any]] = {
         "data": "",
     },
     "permit": {"type": "permit", "request_id": "r", "key": "k"},
+    "mirror_scored": {"type": "mirror_scored", "request_id": "m", "pnl": 0.0},
 }
 INT_ONLY = {
     ("hello", "pid"),

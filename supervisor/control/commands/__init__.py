@@ -9,7 +9,7 @@ Adding a command is its module and one line here.
 
 >>> list(COMMANDS)  # doctest: +NORMALIZE_WHITESPACE
 ['status', 'switch', 'confirm', 'rollback', 'restart', 'shutdown', 'triggers', 'handoff',
- 'snapshot', 'decisions', 'canary', 'flags', 'gates', 'deploy']
+ 'snapshot', 'decisions', 'canary', 'flags', 'gates', 'deploy', 'shadow']
 >>> import argparse
 >>> COMMANDS["switch"].request(argparse.Namespace(color="green"))
 {'color': 'green'}
@@ -31,6 +31,7 @@ from supervisor.control.commands import (
     handoff,
     restart,
     rollback,
+    shadow,
     shutdown,
     snapshot,
     status,
@@ -56,5 +57,6 @@ COMMANDS: dict[str, Command[Any]] = {
         flags.COMMAND,
         gates.COMMAND,
         deploy.COMMAND,
+        shadow.COMMAND,
     )
 }
