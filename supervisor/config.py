@@ -77,6 +77,7 @@ _STATE_FILES = frozenset(
         "handoff.json",
         "handoff-events.jsonl",
         "snapshots",
+        "flags.json",
     }
 )
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

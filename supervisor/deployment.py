@@ -48,6 +48,7 @@ from supervisor.flags.watch import watch_flag_keys
 from supervisor.gates.deploy import Deployer, Strategy
 from supervisor.gates.gates import Gates
 from supervisor.gates.world import DeploymentWorld
+from supervisor.guard.verdict import Action, Severity, Verdict
 from supervisor.handoff import Handoffs
 from supervisor.identity import ChildAccess
 from supervisor.logs import get as get_logger
@@ -55,7 +56,7 @@ from supervisor.metrics import Metrics
 from supervisor.notify import CHILD_ENV_STRIP
 from supervisor.pipeline import Pipeline
 from supervisor.rollout import Change, Rollout
-from supervisor.rollout.responder import Responder
+from supervisor.rollout.responder import Responder, alert_from_verdict
 from supervisor.rollout.stepper import Stepper
 from supervisor.shadow import Shadow
 from supervisor.tasks import Tasks
@@ -328,22 +329,17 @@ class Deployment:
             f"{s.gate}: {s.reason}" for s in self.gates.closed(candidate) if s.gate != "snapshot"
         ]
 
-    def _deploy_alert(
-        self, severity: str, message: str, color: Color, extra: dict[str, Any]
-    ) -> None:
+    def _deploy_alert(self, message: str, color: Color, extra: dict[str, Any]) -> None:
         self.metrics.alerts_sent.labels("deploy_forced").inc()
+        verdict = Verdict("deploy_forced", Severity.HIGH, Action.ALERT, color, message)
         self.alerter.send(
-            {
-                "trigger": "deploy_forced",
-                "severity": severity,
-                "action": "alert",
-                "color": color.value,
-                "message": message,
-                "epoch": self.rollout.state.epoch,
-                "at": time.time(),
-                "supervisor": self.name,
-                **extra,
-            }
+            alert_from_verdict(
+                verdict,
+                supervisor_name=self.name,
+                version=self.versions[color],
+                epoch=self.rollout.state.epoch,
+                extra=extra,
+            )
         )
 
     def restart(self, color: Color) -> None:

@@ -48,7 +48,7 @@ class Deployer:
         gates: Gates,
         steps: Steps,
         metrics: Metrics,
-        alert: Callable[[str, str, Color, dict[str, Any]], None],
+        alert: Callable[[str, Color, dict[str, Any]], None],
     ) -> None:
         self.gates = gates
         self.steps = steps
@@ -162,7 +162,6 @@ class Deployer:
             gates={s.gate: s.reason for s in closed},
         )
         self._alert(
-            "high",
             f"deploy of {target} forced past closed gates ({', '.join(names)}) by {by}: {reason}",
             target,
             {"closed": {s.gate: s.reason for s in closed}, "reason": reason, "by": by},

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import time as clock
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -24,16 +24,7 @@ GateName = Literal[
     "snapshot",
 ]
 # In the order `agentsup gates` lists them: the agents' world first, then ours.
-GATE_NAMES: tuple[GateName, ...] = (
-    "volatility",
-    "escrow_dispute",
-    "auto_release",
-    "freeze_window",
-    "cooldown",
-    "redis",
-    "children",
-    "snapshot",
-)
+GATE_NAMES: tuple[GateName, ...] = get_args(GateName)
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 WEEK_S = 7 * 24 * 3600

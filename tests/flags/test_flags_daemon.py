@@ -26,6 +26,11 @@ from tests.redis_server import RedisServer
 AGENTS = Path(__file__).parent.parent / "agents"
 SEED_FLAGS_AGENT = [sys.executable, str(AGENTS / "flags_seed_agent.py")]
 SDK_FLAGS_AGENT = [sys.executable, str(AGENTS / "flags_agent.py")]
+# Both colors run the SDK agent that prints every flags push it gets.
+SDK_PAIR = {
+    "blue": agent(SDK_FLAGS_AGENT, version="1.0.0"),
+    "green": agent(SDK_FLAGS_AGENT, version="2.0.0"),
+}
 
 # The seed's DEFAULTS as the schema (DESIGN.md's example), the escrows flag a kill switch.
 FLAGS: dict[str, Any] = {
@@ -126,8 +131,7 @@ async def test_a_redis_cli_change_is_pushed_logged_and_a_bad_one_is_held_back(
 ) -> None:
     async with running_daemon(
         redis_url=redis_server.url,
-        blue=agent(SDK_FLAGS_AGENT, version="1.0.0"),
-        green=agent(SDK_FLAGS_AGENT, version="2.0.0"),
+        **SDK_PAIR,
         sections={"flags": FLAGS},
     ) as d:
         # After hello: the defaults, typed.
@@ -172,8 +176,7 @@ async def test_flags_set_refuses_what_does_not_fit_and_a_color_value_overrides(
 ) -> None:
     async with running_daemon(
         redis_url=redis_server.url,
-        blue=agent(SDK_FLAGS_AGENT, version="1.0.0"),
-        green=agent(SDK_FLAGS_AGENT, version="2.0.0"),
+        **SDK_PAIR,
         sections={"flags": FLAGS},
     ) as d:
         await _pushed(d, "green", game="coinflip")
@@ -228,8 +231,7 @@ async def test_after_a_redis_restart_changes_are_picked_up_again_and_recorded(
 ) -> None:
     async with running_daemon(
         redis_url=redis_server.url,
-        blue=agent(SDK_FLAGS_AGENT, version="1.0.0"),
-        green=agent(SDK_FLAGS_AGENT, version="2.0.0"),
+        **SDK_PAIR,
         sections={"flags": FLAGS, "redis": {"health_interval_s": 0.1}},
     ) as d:
         await _pushed(d, "blue", game="coinflip")

@@ -9,8 +9,8 @@ import signal
 
 import redis
 
-from tests.flags.test_flags_daemon import FLAGS, SDK_FLAGS_AGENT, _pushed
-from tests.harness import DaemonProcess, agent, running_daemon
+from tests.flags.test_flags_daemon import FLAGS, SDK_PAIR, _pushed
+from tests.harness import DaemonProcess, running_daemon
 from tests.redis_server import RedisServer
 
 
@@ -26,8 +26,7 @@ def _flag(server: RedisServer, key: str) -> str | None:
 async def test_flags_are_put_back_when_redis_comes_back_empty(redis_server: RedisServer) -> None:
     async with running_daemon(
         redis_url=redis_server.url,
-        blue=agent(SDK_FLAGS_AGENT, version="1.0.0"),
-        green=agent(SDK_FLAGS_AGENT, version="2.0.0"),
+        **SDK_PAIR,
         sections={"flags": FLAGS},
     ) as d:
         await _pushed(d, "blue", accept_escrows=True)
@@ -67,8 +66,7 @@ async def test_flags_are_put_back_from_state_dir_when_the_daemon_restarted_too(
 ) -> None:
     async with running_daemon(
         redis_url=redis_server.url,
-        blue=agent(SDK_FLAGS_AGENT, version="1.0.0"),
-        green=agent(SDK_FLAGS_AGENT, version="2.0.0"),
+        **SDK_PAIR,
         sections={"flags": FLAGS},
     ) as d:
         assert (await d.cli("flags", "set", "accept_escrows", "false")).rc == 0

@@ -70,6 +70,26 @@ def no_arguments(parser: argparse.ArgumentParser) -> None:
     """The command takes no CLI arguments beyond ``--socket``/``-c``."""
 
 
+def operations(
+    parser: argparse.ArgumentParser, default: str, json_help: str, **defaults: Any
+) -> Callable[[str, str], argparse.ArgumentParser]:
+    """A command with operations (``canary start``, ``flags set``...): returns ``sub(name,
+    help)``, which adds one and gives it ``--socket``/``-c`` (also after the operation: the
+    one given before it is kept) and ``--json``. The command alone is ``default``."""
+    ops = parser.add_subparsers(dest="op", metavar="OP")
+    parser.set_defaults(op=default, json=False, **defaults)
+
+    def sub(name: str, help: str) -> argparse.ArgumentParser:
+        sp = ops.add_parser(name, help=help, description=help)
+        where = sp.add_mutually_exclusive_group()
+        where.add_argument("--socket", type=Path, default=argparse.SUPPRESS)
+        where.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS)
+        sp.add_argument("--json", action="store_true", help=json_help)
+        return sp
+
+    return sub
+
+
 def no_request_args(ns: argparse.Namespace) -> dict[str, Any]:
     """The command sends no ``args``."""
     return {}

@@ -42,7 +42,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from supervisor.config import Color
 from supervisor.control.client import request as send
-from supervisor.control.commands.base import COLOR_CHOICES, Command, as_indented_json
+from supervisor.control.commands.base import (
+    COLOR_CHOICES,
+    Command,
+    as_indented_json,
+    operations,
+)
 from supervisor.control.context import Context
 from supervisor.errors import Refused
 
@@ -109,17 +114,7 @@ async def _changed(ctx: Context, change: Change) -> dict[str, Any]:
 
 def arguments(parser: argparse.ArgumentParser) -> None:
     # `agentsup canary` alone is `agentsup canary status`.
-    ops = parser.add_subparsers(dest="op", metavar="OP")
-    parser.set_defaults(op="status", json=False)
-
-    def sub(name: str, help: str) -> argparse.ArgumentParser:
-        sp = ops.add_parser(name, help=help, description=help)
-        # Also after the op (`canary status --socket S`); SUPPRESS keeps the one given before.
-        where = sp.add_mutually_exclusive_group()
-        where.add_argument("--socket", type=Path, default=argparse.SUPPRESS)
-        where.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS)
-        sp.add_argument("--json", action="store_true", help="the result as JSON")
-        return sp
+    sub = operations(parser, "status", "the result as JSON")
 
     sp = sub("start", "COLOR gets the first step's share of the capital")
     sp.add_argument("color", choices=COLOR_CHOICES)

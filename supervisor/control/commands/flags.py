@@ -38,7 +38,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from supervisor.config import Color
 from supervisor.control.client import request as send
-from supervisor.control.commands.base import COLOR_CHOICES, Command, as_indented_json
+from supervisor.control.commands.base import (
+    COLOR_CHOICES,
+    Command,
+    as_indented_json,
+    operations,
+)
 from supervisor.control.context import Context
 from supervisor.errors import Refused
 
@@ -78,16 +83,7 @@ async def run(ctx: Context, args: Args) -> dict[str, Any]:
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
-    ops = parser.add_subparsers(dest="op", metavar="OP")
-    parser.set_defaults(op="list", json=False)
-
-    def sub(name: str, help: str) -> argparse.ArgumentParser:
-        sp = ops.add_parser(name, help=help, description=help)
-        where = sp.add_mutually_exclusive_group()
-        where.add_argument("--socket", type=Path, default=argparse.SUPPRESS)
-        where.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS)
-        sp.add_argument("--json", action="store_true", help="the result as JSON")
-        return sp
+    sub = operations(parser, "list", "the result as JSON")
 
     sub("list", "every flag: type, default, values set, each color's effective value")
     sp = sub("get", "one flag")

@@ -32,7 +32,12 @@ from pydantic import BaseModel, ConfigDict
 
 from supervisor.config import Color
 from supervisor.control.client import request as send
-from supervisor.control.commands.base import COLOR_CHOICES, Command, as_indented_json
+from supervisor.control.commands.base import (
+    COLOR_CHOICES,
+    Command,
+    as_indented_json,
+    operations,
+)
 from supervisor.control.context import Context
 from supervisor.errors import Refused
 from supervisor.shadow.html import render
@@ -76,16 +81,7 @@ async def run(ctx: Context, args: Args) -> dict[str, Any]:
 
 def arguments(parser: argparse.ArgumentParser) -> None:
     # `agentsup shadow` alone is `agentsup shadow report`.
-    ops = parser.add_subparsers(dest="op", metavar="OP")
-    parser.set_defaults(op="report", json=False, html=None)
-
-    def sub(name: str, help: str) -> argparse.ArgumentParser:
-        sp = ops.add_parser(name, help=help, description=help)
-        where = sp.add_mutually_exclusive_group()
-        where.add_argument("--socket", type=Path, default=argparse.SUPPRESS)
-        where.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS)
-        sp.add_argument("--json", action="store_true", help="the report as JSON")
-        return sp
+    sub = operations(parser, "report", "the report as JSON", html=None)
 
     sp = sub("start", "COLOR (the standby) decides on the live inputs, never acts")
     sp.add_argument("color", choices=COLOR_CHOICES)
