@@ -170,6 +170,40 @@ class RedisSection(_Model):
     # Where the feature flags live: `{flags_prefix}{name}`, the seed's `flag:{name}` by
     # default; another prefix lets several deployments share one Redis (docs/flags.md).
     flags_prefix: str = Field(FLAG_PREFIX, min_length=1, max_length=100)
+    # Redis Sentinel instead of url (docs/redis.md, Sentinel): every sentinel as "host:port"
+    # and the name they monitor the master under. The daemon and its children follow that
+    # master across a failover.
+    sentinels: list[str] = Field(default_factory=list, max_length=64)
+    service_name: str | None = Field(None, min_length=1, max_length=200)
+
+    @field_validator("sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, v: list[str]) -> list[str]:
+        for item in v:
+            host, sep, port = item.rpartition(":")
+            if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{item!r} is not host:port, e.g. 10.0.0.5:26379")
+        if len(set(v)) != len(v):
+            raise ValueError("names one sentinel twice")
+        return v
+
+    @model_validator(mode="after")
+    def _one_way_to_redis(self) -> RedisSection:
+        if self.sentinels and self.service_name is None:
+            raise ValueError("sentinels need service_name (the master's name in the sentinels)")
+        if self.service_name is not None and not self.sentinels:
+            raise ValueError("service_name needs sentinels (a list of host:port)")
+        if self.sentinels and self.url is not None:
+            raise ValueError("set url or sentinels, not both (the sentinels name the master)")
+        if self.sentinels and self.embedded_binary:
+            raise ValueError("embedded_binary is for the embedded Redis, not with sentinels")
+        return self
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """``sentinels`` as (host, port) pairs."""
+        pairs = (item.rpartition(":") for item in self.sentinels)
+        return [(host.strip("[]"), int(port)) for host, _, port in pairs]
 
     @field_validator("url")
     @classmethod
@@ -218,7 +252,7 @@ class RedisSection(_Model):
 
     @property
     def embedded(self) -> bool:
-        return self.url is None
+        return self.url is None and not self.sentinels
 
 
 class MetricsSection(_Model):
@@ -807,6 +841,8 @@ class Config(_Model):
         """The URL the daemon and its children use (the embedded socket when no url is set)."""
         if self.redis.url is not None:
             return self.redis.url
+        if self.redis.sentinels:  # shown, never connected to: see daemon.redis_client
+            return f"redis+sentinel://{','.join(self.redis.sentinels)}/{self.redis.service_name}"
         return f"unix://{self.embedded_redis_socket}"
 
 

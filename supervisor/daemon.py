@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -66,21 +67,13 @@ class Daemon:
         # The embedded Redis's password is made by it, for this start; never the children's.
         password = self.embedded.password if self.embedded is not None else None
         password = password or config.redis_password()
-        self.redis = Redis.from_url(
-            config.redis_url(),
-            password=password,
-            socket_timeout=config.redis.socket_timeout_s,
-            socket_connect_timeout=config.redis.socket_timeout_s,
-            # One immediate retry (a connection gone stale across a Redis restart), then fail
-            # fast: a permit that waits is worse than a permit refused.
-            retry=Retry(NoBackoff(), 1),
-            health_check_interval=0,
-        )
+        self.redis, self._sentinel = redis_client(config, password)
         self.alerter = Alerter.from_config(
             config.alerts, on_failure=self.metrics.webhook_failures.inc
         )
         self.tasks = Tasks(self._loop_failed, self._job_failed)
         self._redis_up = asyncio.Event()
+        self._master: dict[str, str] = {}  # with Sentinel, the master last seen answering
         self.deployment = Deployment(
             config,
             redis=self.redis,
@@ -250,6 +243,9 @@ class Daemon:
             await self.deployment.close()
         with contextlib.suppress(Exception):
             await self.redis.aclose()
+        if self._sentinel is not None:
+            with contextlib.suppress(Exception):
+                await self._sentinel.aclose()
         if self.embedded is not None:
             await self.embedded.stop()
         if self._state_lock is not None:
@@ -279,7 +275,7 @@ class Daemon:
         self.metrics.redis_up.set(1 if up else 0)
         if up:
             self._redis_up.set()
-            log.info("redis_up")
+            log.info("redis_up", **master_of(self.redis))
         else:
             self._redis_up.clear()
             log.error("redis_down", hint="permits are refused until it answers again")
@@ -296,8 +292,17 @@ class Daemon:
             if up and not self._redis_up.is_set():
                 self._set_redis_up(True)
                 self.deployment.redis_back()
+            elif up and self._master and master_of(self.redis) != self._master:
+                # Sentinel moved the master while every PING was answered (an operator's
+                # SENTINEL FAILOVER: the old master answers until it is demoted): what a
+                # reconnect does, on the new master (notifications, replicas, the truth).
+                previous = self._master.get("master")
+                log.warning("redis_master_changed", previous=previous, **master_of(self.redis))
+                self.deployment.redis_back()
             elif not up:
                 self._set_redis_up(False)
+            if up:
+                self._master = master_of(self.redis)
             await asyncio.sleep(cfg.health_interval_s)
 
     async def _housekeeping_loop(self) -> None:
@@ -355,6 +360,37 @@ class Daemon:
         killed = kill_leftovers(self._leftovers)
         if killed:
             log.warning("killed_leftover_children", pids=killed)
+
+
+def redis_client(config: Config, password: str | None) -> tuple[Redis, Sentinel | None]:
+    """The daemon's client: from ``redis.url`` (or the embedded socket), or, with
+    ``redis.sentinels``, one that asks the sentinels for the master of ``redis.service_name``
+    at every (re)connect and so follows it across a failover. Same timeouts and retries."""
+    options: dict[str, Any] = {
+        "password": password,
+        "socket_timeout": config.redis.socket_timeout_s,
+        "socket_connect_timeout": config.redis.socket_timeout_s,
+        # One immediate retry (a connection gone stale across a Redis restart, or to a master
+        # that failed over), then fail fast: a permit that waits is worse than one refused.
+        "retry": Retry(NoBackoff(), 1),
+        "health_check_interval": 0,
+    }
+    if not config.redis.sentinels:
+        return Redis.from_url(config.redis_url(), **options), None
+    timeout = config.redis.socket_timeout_s
+    # The sentinels answer without the master's password (Sentinel's own default).
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        config.redis.sentinel_addresses,
+        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+    )
+    assert config.redis.service_name is not None  # validated with sentinels
+    return sentinel.master_for(config.redis.service_name, **options), sentinel
+
+
+def master_of(redis: Redis) -> dict[str, str]:
+    """``{"master": "host:port"}``: the master a Sentinel client last found; else nothing."""
+    address = getattr(redis.connection_pool, "master_address", None)
+    return {"master": f"{address[0]}:{address[1]}"} if address else {}
 
 
 def run(config: Config) -> int:

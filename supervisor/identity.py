@@ -29,6 +29,7 @@ from enum import StrEnum
 from typing import Final
 
 from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError, ResponseError
 
 from supervisor.arbiter.scripts import Keys
@@ -121,6 +122,8 @@ _GLOB_SPECIAL: Final = frozenset("*?[]\\")
 # How often the colors' users are checked for (two ACL GETUSER): a Redis restarted empty has
 # forgotten them, and the seed-style agents cannot read until they are back.
 USERS_CHECK_S: Final = 5.0
+# How soon a Redis the daemon saw go away is noticed by the users' keeper.
+DOWN_POLL_S: Final = 0.1
 
 
 def glob_literal(text: str) -> str:
@@ -204,6 +207,11 @@ class ChildAccess:
         self.keys = keys
         self.embedded = embedded
         self.url = config.redis_url()
+        # With Redis Sentinel the children get the sentinels and the service name (the SDK
+        # follows the master with them), and as the URL the master found at start.
+        self.sentinels = config.redis.sentinel_addresses
+        self.service_name = config.redis.service_name
+        self._master_url: str | None = None
         self._timeout = config.redis.socket_timeout_s
         self._daemon_password = daemon_password
         ns = config.supervisor.namespace
@@ -218,6 +226,10 @@ class ChildAccess:
     async def grant(self, redis: Redis) -> None:
         """Make (or remove) the colors' users. Call it after the namespace lease is taken and
         before any child starts: it resets users that a predecessor's children may hold."""
+        address = getattr(redis.connection_pool, "master_address", None)
+        if self.sentinels and address:
+            db = redis.connection_pool.connection_kwargs.get("db", 0) or 0
+            self._master_url = f"redis://{_host(address[0])}:{address[1]}/{db}"
         if self.access in ("read", "permit"):
             try:
                 for color in Color:
@@ -259,11 +271,12 @@ class ChildAccess:
 
     async def keep(self, redis: Redis, redis_up: asyncio.Event) -> None:
         """Every :data:`USERS_CHECK_S`, put back the users a restarted Redis forgot (``ACL
-        SETUSER`` is not saved with the data, and a restart quicker than the health check goes
-        unseen), with the same passwords: the children reconnect as before. Runs until
-        cancelled."""
+        SETUSER`` is not saved with the data, nor replicated: a replica Sentinel promoted
+        lacks them too, and a restart quicker than the health check goes unseen), with the
+        same passwords: the children reconnect as before. At once when Redis comes back after
+        the daemon saw it go. Runs until cancelled."""
         while self.users_made:
-            await asyncio.sleep(USERS_CHECK_S)
+            await _until_down(redis, redis_up, USERS_CHECK_S)
             await redis_up.wait()
             await self.restore(redis)
 
@@ -283,9 +296,15 @@ class ChildAccess:
 
     async def _open_without_password(self) -> bool:
         """Whether a client with the URL alone, as a child could make one, gets answers."""
-        probe = Redis.from_url(
-            self.url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
-        )
+        timeout = self._timeout
+        sentinel = None
+        if self.sentinels and self.service_name:
+            sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                self.sentinels, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+            probe = sentinel.master_for(self.service_name)
+        else:
+            probe = Redis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout)
         try:
             await probe.ping()
         except (RedisError, OSError):
@@ -293,14 +312,42 @@ class ChildAccess:
         finally:
             with contextlib.suppress(RedisError, OSError):
                 await probe.aclose()
+            if sentinel is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await sentinel.aclose()
         return True
 
     def env(self, color: Color) -> dict[str, str]:
         """The ``AGENTSUP_REDIS_*`` credentials ``color``'s children get (never another's)."""
         env: dict[str, str] = {"AGENTSUP_REDIS_ACCESS": self.access}
+        if self.sentinels and self.service_name:
+            env["AGENTSUP_REDIS_SENTINELS"] = ",".join(f"{_host(h)}:{p}" for h, p in self.sentinels)
+            env["AGENTSUP_REDIS_SERVICE"] = self.service_name
+            if self._master_url is not None:  # for agents that read the URL themselves
+                env["AGENTSUP_REDIS_URL"] = self._master_url
         if self.users_made:
             env["AGENTSUP_REDIS_USERNAME"] = self.usernames[color]
             env["AGENTSUP_REDIS_PASSWORD"] = self._passwords[color]
         elif self.access == "full" and self._daemon_password:
             env["AGENTSUP_REDIS_PASSWORD"] = self._daemon_password
         return env
+
+
+async def _until_down(redis: Redis, redis_up: asyncio.Event, period_s: float) -> None:
+    """Return after ``period_s``, or within :data:`DOWN_POLL_S` of ``redis_up`` being cleared
+    or of the client moving to another master (Sentinel): what comes back, a restarted Redis
+    or a promoted replica, lacks the users. There is no event for either: the daemon's flag
+    and the client's address are looked at, which costs nothing."""
+    master = getattr(redis.connection_pool, "master_address", None)
+    for _ in range(max(1, round(period_s / DOWN_POLL_S))):
+        if not redis_up.is_set():
+            return
+        if getattr(redis.connection_pool, "master_address", None) != master:
+            return
+        await asyncio.sleep(DOWN_POLL_S)
+
+
+def _host(host: object) -> str:
+    """A host as it goes into an address: an IPv6 literal in brackets."""
+    text = host.decode() if isinstance(host, bytes) else str(host)
+    return f"[{text}]" if ":" in text else text

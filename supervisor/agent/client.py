@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -83,6 +84,8 @@ class Agent(Channel):
         permit_valid_ms: int = 2000,
         schema: str | None = None,
         max_state_bytes: int = DEFAULT_MAX_STATE_BYTES,
+        redis_sentinels: Sequence[tuple[str, int]] = (),
+        redis_service: str | None = None,
     ) -> None:
         if heartbeat_interval <= 0 or redis_timeout <= 0 or permit_ttl_ms <= 0:
             raise ValueError("heartbeat_interval, redis_timeout and permit_ttl_ms must be > 0")
@@ -106,6 +109,11 @@ class Agent(Channel):
         self._heartbeat_interval = heartbeat_interval
         self._redis_timeout = redis_timeout
         self._redis: aioredis.Redis | None = None
+        # With Redis Sentinel: the master of redis_service, asked of the sentinels at every
+        # connect, so that direct permits follow it across a failover.
+        self._sentinels = list(redis_sentinels)
+        self._service = redis_service
+        self._sentinel: Sentinel | None = None
         self._script: Any = None
         self._entered = False
         super().__init__()  # what the pushes keep, the writer, the hooks (see Channel)
@@ -178,6 +186,8 @@ class Agent(Channel):
             permit_valid_ms=valid,
             schema=schema,
             max_state_bytes=_env_int(env, "AGENTSUP_HANDOFF_MAX_BYTES", DEFAULT_MAX_STATE_BYTES),
+            redis_sentinels=_env_sentinels(env),
+            redis_service=env.get("AGENTSUP_REDIS_SERVICE") or None,
         )
         if migrations is not None:
             agent.migrations = migrations
@@ -200,16 +210,24 @@ class Agent(Channel):
             sock.close()
             raise
         if self._permits == "direct":
-            self._redis = aioredis.Redis.from_url(
-                self._redis_url,
-                username=self._redis_username,
-                password=self._redis_password,
-                socket_timeout=self._redis_timeout,
-                socket_connect_timeout=self._redis_timeout,
+            options: dict[str, Any] = {
+                "username": self._redis_username,
+                "password": self._redis_password,
+                "socket_timeout": self._redis_timeout,
+                "socket_connect_timeout": self._redis_timeout,
                 # Retries are ours (one, with the same token): the client must not add its own.
-                retry=Retry(NoBackoff(), 0),
-                client_name=f"agentsup-{self.color}",
-            )
+                "retry": Retry(NoBackoff(), 0),
+                "client_name": f"agentsup-{self.color}",
+            }
+            if self._sentinels and self._service:
+                timeout = self._redis_timeout
+                self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                    self._sentinels,
+                    sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+                )
+                self._redis = self._sentinel.master_for(self._service, **options)
+            else:
+                self._redis = aioredis.Redis.from_url(self._redis_url, **options)
             self._script = self._redis.register_script(PERMIT)
         hello: dict[str, Any] = {
             "type": "hello",
@@ -264,6 +282,10 @@ class Agent(Channel):
         client, self._redis = self._redis, None
         if client is not None:
             await client.aclose()
+        sentinel, self._sentinel = self._sentinel, None
+        if sentinel is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await sentinel.aclose()
 
     async def _heartbeat_loop(self) -> None:
         self._send({"type": "heartbeat"})
@@ -790,3 +812,15 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
     if value <= 0:
         raise NotSupervised(f"{name}={text!r} must be positive")
     return value
+
+
+def _env_sentinels(env: Mapping[str, str]) -> list[tuple[str, int]]:
+    """``AGENTSUP_REDIS_SENTINELS`` (``host:port,host:port``, set with Redis Sentinel)."""
+    text = env.get("AGENTSUP_REDIS_SENTINELS") or ""
+    pairs = []
+    for item in filter(None, text.split(",")):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise NotSupervised(f"AGENTSUP_REDIS_SENTINELS={text!r}: {item!r} is not host:port")
+        pairs.append((host.strip("[]"), int(port)))
+    return pairs

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -18,6 +19,9 @@ from redis.exceptions import RedisError
 from supervisor.logs import get as get_logger
 
 log = get_logger("watch")
+
+# With Sentinel, how often a subscription checks it is still on the client's master.
+FOLLOW_S = 1.0
 
 
 async def watch_active_key(
@@ -65,7 +69,14 @@ async def watch_keyspace(
                 # it here rather than block in get_message forever.
                 if me.cancelling():
                     raise asyncio.CancelledError
-                msg = await pubsub.get_message(timeout=None)
+                msg = await pubsub.get_message(timeout=FOLLOW_S if _sentinel(redis) else None)
+                if _left_behind(redis, pubsub):
+                    # Sentinel moved the master while this connection stayed up (the old
+                    # master, demoted, still answers): subscribe again, on the new one.
+                    log.info(f"{what}_follows_master", master=_address(redis))
+                    await _close(pubsub)
+                    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+                    continue
             except (RedisError, OSError) as exc:
                 log.info(f"{what}_disconnected", error=str(exc))
                 # A fresh subscription: across a Redis restart the old one can stay broken
@@ -82,6 +93,24 @@ async def watch_keyspace(
                 on_hint()
     finally:
         await _close(pubsub)
+
+
+def _sentinel(redis: Redis) -> bool:
+    return hasattr(redis.connection_pool, "master_address")
+
+
+def _address(redis: Redis) -> str:
+    host, port = getattr(redis.connection_pool, "master_address", None) or ("", 0)
+    return f"{host}:{port}"
+
+
+def _left_behind(redis: Redis, pubsub: PubSub) -> bool:
+    """Whether the client found another master than the one this subscription is on."""
+    master: Any = getattr(redis.connection_pool, "master_address", None)
+    conn: Any = pubsub.connection  # None until it subscribed
+    if not master or conn is None:
+        return False
+    return bool((conn.host, conn.port) != tuple(master))
 
 
 async def _close(pubsub: PubSub) -> None:
