@@ -8,7 +8,8 @@ Every ``CTX_EVERY_S`` (0.1) it reads ``$CTX_FILE`` (JSON) and reports what it sa
 
 It prints ``reported N`` the first time it sent the file's N-th version (``version`` in the
 file), so a test can wait for the daemon to have heard it. With ``CTX_STATE=1`` it has a state
-to hand over (snapshot and restore hooks) and prints ``restored`` after a restore.
+to hand over (snapshot and restore hooks) and prints ``restored`` after a restore; with
+``CTX_SNAPSHOT_FAILS=1`` as well, its snapshot hook raises (the venue does not answer).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ async def main() -> None:
     if os.environ.get("CTX_STATE") == "1":
 
         def snapshot() -> tuple[str, dict[str, Any]]:
+            if os.environ.get("CTX_SNAPSHOT_FAILS") == "1":
+                raise RuntimeError("the venue does not answer: no state to give")
             return "ctx/1", dict(state)
 
         def restore(schema: str, given: dict[str, Any]) -> None:

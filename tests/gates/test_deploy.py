@@ -248,6 +248,27 @@ async def test_a_deny_window_across_midnight_in_another_time_zone_refuses_a_depl
         assert "exchange maintenance" in r.err
 
 
+async def test_too_few_redis_replicas_and_a_snapshot_that_cannot_be_taken_refuse_a_deploy(
+    redis_server: RedisServer, world: World
+) -> None:
+    async with running_daemon(
+        redis_url=redis_server.url,
+        **pair(world, CTX_STATE="1", CTX_SNAPSHOT_FAILS="1"),
+        sections={"gates": {"min_replicas": 1}},
+    ) as d:
+        world.write(context=CALM)
+        await running(d)
+        await until_gates(d, lambda g: g["escrow_dispute"]["open"])
+        r = await d.cli("deploy", "green")
+        assert r.rc == 1
+        # The deploy tried a fresh snapshot first; it failed, so the gate stays closed.
+        assert closed_in(r.err) == {"redis", "snapshot"}
+        assert "0 replica(s) connected" in r.err
+        assert "no snapshot of blue yet" in r.err
+        await d.wait_log("deploy_snapshot_failed")
+        assert (await d.status())["active"] == "blue"
+
+
 async def test_after_an_automatic_rollback_the_cooldown_refuses_a_deploy(
     redis_server: RedisServer, world: World
 ) -> None:
