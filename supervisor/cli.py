@@ -41,10 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "story",
         nargs="?",
-        choices=["rollback", "handoff", "canary"],
+        choices=["rollback", "handoff", "canary", "ab"],
         default="rollback",
         help="rollback (default): a bug rolled back; handoff: the state handed over and back; "
-        "canary: 5 %% of the capital first, a bug aborted by the judge",
+        "canary: 5 %% of the capital first, a bug aborted by the judge; "
+        "ab: crash at 2.0x against 3.0x, half the capital each, a winner's flag set",
     )
     sp = sub.add_parser("check-config", help="validate a config and print the effective one")
     sp.add_argument("-c", "--config", type=Path, required=True)
@@ -72,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
                 from supervisor.demo import canary
 
                 return int(canary.demo(Daemon, keep=args.keep))
+            if args.story == "ab":
+                from supervisor.demo import ab
+
+                return int(ab.demo(Daemon, keep=args.keep))
             return int(demo(Daemon, keep=args.keep, story=args.story))
         if args.command == "check-config":
             return _check_config(args.config)

@@ -78,6 +78,7 @@ _STATE_FILES = frozenset(
         "handoff-events.jsonl",
         "snapshots",
         "flags.json",
+        "ab.json",
     }
 )
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -737,6 +738,25 @@ class ShadowSection(_Model):
     timeout_s: ShortSeconds = 2.0
 
 
+class AbSection(_Model):
+    """``[ab]``: A/B tests of two values of one flag, both colors acting within their share
+    (supervisor/ab, docs/ab.md)."""
+
+    # Arm B's (green's) percent of the capital, unless `ab start --split` says otherwise.
+    split: float = Field(50.0, gt=0, lt=100)
+    # No verdict before each arm has this many rounds, unless `ab start --min-rounds`.
+    min_rounds: int = Field(100, ge=2, le=MAX_COUNT)
+    # The confidence sequence's level, and the rounds in all it is narrowest at.
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    n_star: int = Field(2000, ge=10, le=MAX_COUNT)
+    # What the fence grants an arm beyond its share: a fraction of the test's stakes, and
+    # money (the agent's own unit), as the canary's.
+    allowance: float = Field(0.01, ge=0, le=0.5)
+    start_amount: float = Field(0.0, ge=0, le=1e12)
+    # How often the arms' running sums are written to Redis ({ns}:ab) and state_dir/ab.json.
+    save_interval_s: ShortSeconds = 1.0
+
+
 class Config(_Model):
     supervisor: SupervisorSection = SupervisorSection()
     redis: RedisSection = RedisSection()
@@ -750,6 +770,7 @@ class Config(_Model):
     gates: GatesSection = GatesSection()
     alerts: AlertsSection = AlertsSection()
     shadow: ShadowSection = ShadowSection()
+    ab: AbSection = AbSection()
     # The feature flags' schema (docs/flags.md): name → type, default, bounds, description.
     flags: dict[str, FlagSpec] = Field(default_factory=dict)
 

@@ -24,12 +24,13 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Literal
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from supervisor import __version__
+from supervisor.ab.ab import AbTest
 from supervisor.alerts import Alerter
 from supervisor.arbiter.arbiter import Arbiter
 from supervisor.arbiter.durable import SYNC_INTERVAL_S, DurableWriteError
@@ -226,6 +227,17 @@ class Deployment:
             canary_start=self.canary_start,
             record=lambda kind, fields, color: self.decisions.record(kind, fields, color=color),
         )
+        # A/B tests (supervisor/ab): two values of one flag, both colors within their share.
+        self.ab = AbTest(
+            config,
+            rollout=self.rollout,
+            children=self.children,
+            flags=self.flags,
+            redis=redis,
+            metrics=metrics,
+            busy=self._ab_busy,
+        )
+        self.ab.attach(self.pipeline)
         self.gates = Gates(config, metrics, world)
         self.gates.attach(self.pipeline)
         self.deployer = Deployer(self.gates, world, metrics, self._deploy_alert)
@@ -294,6 +306,21 @@ class Deployment:
 
     def shadow_report(self) -> dict[str, Any]:
         return self.shadow.report()
+
+    async def ab_start(
+        self, flag: str, a: str, b: str, split: float | None, min_rounds: int | None, by: str
+    ) -> dict[str, Any]:
+        return await self.ab.start(flag, a, b, split, min_rounds, by)
+
+    async def ab_stop(self, winner: Literal["a", "b"] | None, by: str) -> dict[str, Any]:
+        return await self.ab.stop(winner, by)
+
+    async def ab_report(self) -> dict[str, Any]:
+        return await self.ab.report()
+
+    def _ab_busy(self) -> str | None:
+        session = self.shadow.session
+        return f"shadow {session.color}" if session is not None else self.handoff.busy
 
     def flags_list(self) -> list[dict[str, Any]]:
         return self.flags.listing()
@@ -394,6 +421,7 @@ class Deployment:
             "decision_log": self.decisions.describe(),
             "canary": self.canary.describe(None),
             "shadow": self.shadow.describe(),
+            "ab": self.ab.describe(),
             "flags": self.flags.describe(),
             "gates": {g["gate"]: g["open"] for g in self.gates.describe(None)},
             **self.handoff.describe(),  # snapshots, handoff, held
@@ -440,6 +468,7 @@ class Deployment:
             await self.flags.refresh()  # before the children: their hello gets the values
         with contextlib.suppress(RedisError, OSError):
             self.gates.load_flips(await self.arbiter.flips(100))  # the cool-down's start
+        await self.ab.restore()  # an A/B test that runs on: its arms' sums
         log.info(
             "reconciled",
             active=change.active,
@@ -456,6 +485,7 @@ class Deployment:
         loop(self._reconcile_loop(), "reconcile")
         loop(self._state_loop(), "state-writer")
         loop(self._journal_loop(), "journal-sync")
+        loop(self.ab.run(), "ab-save")
         if self._child_envs[Color.BLUE]["AGENTSUP_PERMITS"] == "direct":
             loop(self.arbiter.tail_grants(), "grant-log-tail")
         loop(self.lease.keep(), "lease")
@@ -509,6 +539,7 @@ class Deployment:
     async def close(self) -> None:
         """After the children are stopped: the last state written, the lease handed over."""
         await self.decisions.close()  # every record the children sent, written and synced
+        await self.ab.close()  # the A/B arms' last sums
         if self._state_dirty.is_set():
             with contextlib.suppress(DurableWriteError):
                 await self._save_state()
@@ -713,6 +744,7 @@ class Deployment:
     # callbacks from the parts -------------------------------------------------------------
     def _on_change(self, change: Change) -> None:
         self.shadow.on_change(change)  # a flip may end the shadow, before the roles go out
+        self.ab.on_change(change)
         self.decisions.change(change)
         self.handoff.on_change(change)  # after a handoff, a rollback holds stable first
         if change.kind == "flip":

@@ -50,6 +50,8 @@ FLIP_REASONS = (
     "canary_step",
     "canary_promote",
     "canary_abort",
+    "ab_start",
+    "ab_stop",
 )
 # The canary judge's metrics and verdicts (supervisor/rollout/judge.py), exported at 0.
 CANARY_METRICS = ("return", "win_rate", "error_rate", "latency", "stake", "action_mix")
@@ -179,6 +181,13 @@ class Metrics:
             p + "shadow_fields_diverging",
             "Fields whose divergence rate passes the noise floor now, by decision kind",
             ["kind"],
+            registry=r,
+        )
+        self.ab_rounds = Counter(
+            p + "ab_rounds_total",
+            "Rounds an A/B test's arm played (an outcome with its stake known), by arm (a: "
+            "blue, b: green)",
+            ["arm"],
             registry=r,
         )
         self.canary_allocation = Gauge(

@@ -61,6 +61,23 @@ class Running:
         """The sample variance (0 under two samples)."""
         return self._m2 / (self.n - 1) if self.n > 1 else 0.0
 
+    def saved(self) -> list[float]:
+        """What :meth:`restored` takes back: ``[n, mean, total, M2]``."""
+        return [float(self.n), self.mean, self.total, self._m2]
+
+    @classmethod
+    def restored(cls, saved: list[float]) -> Running:
+        """The accumulator :meth:`saved` described.
+
+        >>> r = Running(); r.add(1.0); r.add(3.0)
+        >>> s = Running.restored(r.saved()); s.n, s.mean, s.var
+        (2, 2.0, 2.0)
+        """
+        r = cls()
+        n, mean, total, m2 = saved
+        r.n, r.mean, r.total, r._m2 = int(n), float(mean), float(total), float(m2)
+        return r
+
 
 @dataclass(frozen=True, slots=True)
 class Sequence:

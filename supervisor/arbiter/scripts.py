@@ -53,7 +53,11 @@ from typing import Final
 # its share; the candidate is granted only while its stake in the step, this one included,
 # stays within ``allocation + allowance`` (fractions) of both colors' stakes in the step, plus
 # ``start`` (money: what lets it start before stable has staked), else ``over_allocation``.
-# Both checks
+# An A/B test (``mode`` ``ab``, docs/ab.md) is the same fence for both arms: the color the
+# active key names (arm A) is held to ``1 - allocation`` as the candidate (arm B) is held to
+# ``allocation``; an arm at or under its share before this stake is granted it all the same
+# (else two arms whose stakes are large against the test's total would refuse each other
+# for ever: the one behind always moves, and overshoots by one stake at most). Both checks
 # come after the retry check, so a retried grant answers ok and is not counted twice, and
 # before the key is written, so a refused permit burns no key.
 PERMIT: Final = """
@@ -73,7 +77,8 @@ local alloc = nil
 if KEYS[9] == ns .. ':alloc' then
   alloc = redis.call('HMGET', KEYS[9], 'mode', 'epoch', 'candidate', 'allocation', 'allowance',
                      'start')
-  if alloc[1] ~= 'canary' or alloc[2] ~= redis.call('GET', KEYS[2]) or alloc[3] == active then
+  if (alloc[1] ~= 'canary' and alloc[1] ~= 'ab') or alloc[2] ~= redis.call('GET', KEYS[2])
+     or alloc[3] == active then
     alloc = nil
   end
 end
@@ -100,14 +105,19 @@ if alloc ~= nil then
     redis.call('HINCRBY', KEYS[5], 'amount_required', 1)
     return {'amount_required', seq}
   end
-  if candidate then
+  if candidate or alloc[1] == 'ab' then
     local other = 'blue'
     if ARGV[1] == 'blue' then other = 'green' end
     local stakes = redis.call('HMGET', KEYS[9], 'stake_' .. ARGV[1], 'stake_' .. other)
-    local taken = (tonumber(stakes[1] or '0') or 0) + amount
-    local total = taken + (tonumber(stakes[2] or '0') or 0)
-    local share = (tonumber(alloc[4] or '0') or 0) + (tonumber(alloc[5] or '0') or 0)
-    if taken > share * total + (tonumber(alloc[6] or '0') or 0) + 1e-9 * total then
+    local before = tonumber(stakes[1] or '0') or 0
+    local theirs = tonumber(stakes[2] or '0') or 0
+    local taken = before + amount
+    local total = taken + theirs
+    local nominal = tonumber(alloc[4] or '0') or 0
+    if not candidate then nominal = 1 - nominal end
+    local share = nominal + (tonumber(alloc[5] or '0') or 0)
+    local behind = alloc[1] == 'ab' and before <= nominal * (before + theirs)
+    if not behind and taken > share * total + (tonumber(alloc[6] or '0') or 0) + 1e-9 * total then
       redis.call('HINCRBY', KEYS[5], 'over_allocation', 1)
       return {'over_allocation', seq}
     end

@@ -58,6 +58,14 @@ def render_status(st: dict[str, Any]) -> str:
         lines.append(f"rejected (no automatic promotion): {rej}")
     if st.get("pending_rollback"):
         lines.append(f"PENDING ROLLBACK (Redis unreachable): {st['pending_rollback']}")
+    ab = st.get("ab")
+    if ab:
+        rounds = ab["rounds"]
+        lines.append(
+            f"A/B test of {ab['flag']}: a (blue) = {ab['a']} ({rounds['a']} rounds), "
+            f"b (green) = {ab['b']} ({rounds['b']} rounds), split {ab['split']:g} % to b "
+            "(agentsup ab report)"
+        )
     if st.get("gates"):
         shut = [gate for gate, is_open in st["gates"].items() if not is_open]
         lines.append(

@@ -31,8 +31,8 @@ from supervisor.arbiter.arbiter import AdoptStatus, Arbiter, FlipStatus, Observe
 from supervisor.config import Color
 from supervisor.errors import RedisUnavailable, Refused
 from supervisor.logs import get as get_logger
-from supervisor.rollout import canary
-from supervisor.rollout.state import CanaryState, Change, Mode, RolloutState, as_color
+from supervisor.rollout import ab, canary
+from supervisor.rollout.state import AbState, CanaryState, Change, Mode, RolloutState, as_color
 from supervisor.rollout.strategy import Assignment, Judged, Strategy, strategy_for
 
 log = get_logger("rollout")
@@ -117,7 +117,9 @@ class Rollout:
         alloc: dict[str, str] | None = None
         if nxt.mode is Mode.CANARY:
             alloc = canary.alloc_fields(nxt, reset=reset_stakes)
-        elif self.state.mode is Mode.CANARY:
+        elif nxt.mode is Mode.AB:
+            alloc = ab.alloc_fields(nxt, reset=reset_stakes)
+        elif self.state.mode in (Mode.CANARY, Mode.AB):
             alloc = canary.ended_fields(reason)
         flip = await self.arbiter.flip(
             to.value if to else None,
@@ -160,15 +162,16 @@ class Rollout:
             dict(s.rejected),
             s.mode,
             s.canary,
+            s.ab,
         )
 
     @staticmethod
     def _end_canary(nxt: RolloutState, active: Color | None) -> None:
         """``nxt`` leaves canary mode with ``active`` in charge: a candidate in charge stays
         the candidate (on probation), one that is not goes back to standby."""
-        if nxt.mode is not Mode.CANARY:
+        if nxt.mode not in (Mode.CANARY, Mode.AB):
             return
-        nxt.mode, nxt.canary = Mode.BLUE_GREEN, None
+        nxt.mode, nxt.canary, nxt.ab = Mode.BLUE_GREEN, None, None
         if nxt.candidate is not None and nxt.candidate is not active:
             nxt.candidate, nxt.probation_since = None, None
 
@@ -224,6 +227,12 @@ class Rollout:
                     hint="the split in Redis is not at the current epoch; stable takes all",
                 )
                 self._end_canary(nxt, as_color(truth.active))
+            if nxt.mode is Mode.AB and not ab.in_force(truth.alloc, truth.epoch, nxt.candidate):
+                log.warning(
+                    "ab_ended_while_away",
+                    hint="the split in Redis is not at the current epoch; blue takes all",
+                )
+                self._end_canary(nxt, as_color(truth.active))
             if not truth.rollout.get("stable"):
                 nxt.stable = as_color(truth.active) or initial
             observed = as_color(truth.active)
@@ -265,9 +274,10 @@ class Rollout:
     async def switch(self, color: Color, by: str, started: float | None = None) -> Change:
         async with self.lock:
             s = self.state
-            if s.mode is Mode.CANARY:
-                # An operator's switch ends a canary: to stable (the candidate stands by), or to
-                # the candidate (in charge alone, on probation, as after a full promotion).
+            if s.mode in (Mode.CANARY, Mode.AB):
+                # An operator's switch ends a canary (or an A/B test): to stable (the candidate
+                # stands by), or to the candidate (in charge alone, on probation, as after a
+                # full promotion).
                 nxt = self._next()
                 self._end_canary(nxt, color)
                 if color is not s.stable:
@@ -343,6 +353,7 @@ class Rollout:
             nxt.rejected[s.candidate] = self.versions[s.candidate]
         nxt.candidate, nxt.probation_since = None, None
         nxt.mode, nxt.canary = Mode.BLUE_GREEN, None  # a canary rolled back is aborted
+        nxt.ab = None  # and an A/B test ended
         return self.strategy.rollback_target(s), nxt
 
     # the canary ------------------------------------------------------------------------
@@ -362,6 +373,8 @@ class Rollout:
             s = self.state
             if s.mode is Mode.CANARY:
                 raise Refused("canary_in_progress", f"{s.candidate} is already in a canary")
+            if s.mode is Mode.AB:
+                raise Refused("ab_in_progress", "an A/B test runs: `agentsup ab stop` first")
             if s.active is None:
                 raise Refused("nobody_in_charge", "no color acts: `agentsup switch` one first")
             if s.candidate is not None:
@@ -453,6 +466,40 @@ class Rollout:
         nxt.mode, nxt.canary = Mode.BLUE_GREEN, None
         nxt.probation_since = time.time()
         return await self._flip(candidate, f"canary_promote: 100% ({why})", by, nxt)
+
+    # the A/B test (supervisor/rollout/ab.py) ------------------------------------------------
+    async def ab_start(self, test: AbState, by: str) -> Change:
+        """Blue (arm A) keeps the active key with ``1 - allocation``, green (arm B) acts
+        within ``allocation``; both run one version, so blue is made stable. One flip.
+        Refused: canary_in_progress, ab_in_progress, nobody_in_charge, candidate_in_charge."""
+        async with self.lock:
+            s = self.state
+            if s.mode is Mode.CANARY:
+                raise Refused("canary_in_progress", f"{s.candidate} is in a canary")
+            if s.mode is Mode.AB:
+                raise Refused("ab_in_progress", "an A/B test runs already: `agentsup ab stop`")
+            if s.active is None:
+                raise Refused("nobody_in_charge", "no color acts: `agentsup switch` one first")
+            if s.candidate is not None:
+                raise Refused(
+                    "candidate_in_charge",
+                    f"{s.candidate} is in charge on probation: confirm or roll back first",
+                )
+            nxt = self._next()
+            nxt.mode, nxt.ab, nxt.canary = Mode.AB, test, None
+            nxt.stable, nxt.candidate, nxt.probation_since = Color.BLUE, Color.GREEN, None
+            reason = f"ab_start: {test.flag} a={test.a} b={test.b} split {test.split:g}%"
+            return await self._flip(Color.BLUE, reason[:200], by, nxt, reset_stakes=True)
+
+    async def ab_stop(self, reason: str, by: str) -> Change:
+        """End the A/B test: blue in charge alone, green stands by. One flip. Refused: no_ab."""
+        async with self.lock:
+            if self.state.mode is not Mode.AB:
+                raise Refused("no_ab", "no A/B test is running")
+            nxt = self._next()
+            nxt.mode, nxt.ab = Mode.BLUE_GREEN, None
+            nxt.stable, nxt.candidate, nxt.probation_since = Color.BLUE, None, None
+            return await self._flip(Color.BLUE, reason[:200], by, nxt)
 
     async def bump(self, reason: str, by: str = "supervisor") -> Change:
         """Raise the epoch without changing who acts (the acting child restarted)."""
@@ -567,7 +614,7 @@ class Rollout:
                 None, "external", "redis", nxt, expect=observed.active, record_from=known or ""
             )
         if observed.epoch > s.epoch:
-            if s.mode is Mode.CANARY:
+            if s.mode in (Mode.CANARY, Mode.AB):
                 # The split holds only at its own epoch: write it again above this one.
                 return await self._flip(
                     None, "external_epoch", "redis", self._next(), expect=observed.active

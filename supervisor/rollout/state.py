@@ -16,6 +16,7 @@ class Mode(StrEnum):
 
     BLUE_GREEN = "blue-green"  # one color acts, the other stands by warm
     CANARY = "canary"  # both act: the candidate within its share of the capital (canary.py)
+    AB = "ab"  # an A/B test: both act, each within its share, each with its flag value (ab.py)
 
 
 ChangeKind = Literal["flip", "confirm"]
@@ -103,6 +104,69 @@ _NO_CANARY: dict[str, str] = dict.fromkeys(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class AbState:
+    """An A/B test: the flag it varies, arm A's value (blue's) and arm B's (green's) as the
+    flags store them, B's share of the capital in percent, the rounds per arm before any
+    verdict, since when (wall clock: also the test's id), and what the fence grants an arm
+    beyond its share (as the canary's ``allowance`` and ``start_amount``)."""
+
+    flag: str
+    a: str
+    b: str
+    split: float
+    min_rounds: int
+    since: float
+    allowance: float
+    start_amount: float = 0.0
+
+    @property
+    def allocation(self) -> float:
+        """Arm B's (green's) share as a fraction; arm A has the rest."""
+        return self.split / 100.0
+
+    def fields(self) -> dict[str, str]:
+        """Its fields in the rollout hash (and state.json)."""
+        return {
+            "ab_flag": self.flag,
+            "ab_a": self.a,
+            "ab_b": self.b,
+            "ab_split": f"{self.split:g}",
+            "ab_min_rounds": str(self.min_rounds),
+            "ab_since": f"{self.since:.3f}",
+            "ab_allowance": repr(self.allowance),
+            "ab_start_amount": repr(self.start_amount),
+        }
+
+    @classmethod
+    def load(cls, fields: dict[str, str]) -> AbState | None:
+        """The A/B test the rollout hash holds, or None (absent, or not readable).
+
+        >>> t = AbState("crash_target", "2.0", "3.0", 50.0, 100, 1.5, 0.01, 2.0)
+        >>> AbState.load(t.fields()) == t
+        True
+        """
+        try:
+            state = cls(
+                fields["ab_flag"],
+                fields["ab_a"],
+                fields["ab_b"],
+                float(fields["ab_split"]),
+                int(fields["ab_min_rounds"]),
+                float(fields["ab_since"]),
+                float(fields["ab_allowance"]),
+                float(fields.get("ab_start_amount") or 0.0),
+            )
+        except (KeyError, ValueError):
+            return None
+        if not state.flag or not 0 < state.split < 100 or state.min_rounds < 0:
+            return None
+        return state
+
+
+_NO_AB: dict[str, str] = dict.fromkeys(AbState("", "", "", 50.0, 0, 0.0, 0.0).fields(), "")
+
+
 @dataclass
 class RolloutState:
     active: Color | None = None
@@ -113,6 +177,7 @@ class RolloutState:
     rejected: dict[Color, str] = field(default_factory=dict)  # color -> rejected version
     mode: Mode = Mode.BLUE_GREEN
     canary: CanaryState | None = None  # in canary mode: its steps and where it stands
+    ab: AbState | None = None  # in A/B mode: the flag, the arms' values, the split
 
     def fields(self) -> dict[str, str]:
         """The rollout hash in Redis ('' deletes a field)."""
@@ -124,6 +189,7 @@ class RolloutState:
             "rejected_blue": self.rejected.get(Color.BLUE, ""),
             "rejected_green": self.rejected.get(Color.GREEN, ""),
             **(self.canary.fields() if self.canary is not None else _NO_CANARY),
+            **(self.ab.fields() if self.ab is not None else _NO_AB),
         }
 
     def load(self, fields: dict[str, str]) -> None:
@@ -145,6 +211,9 @@ class RolloutState:
         self.canary = CanaryState.load(fields) if self.mode is Mode.CANARY else None
         if self.mode is Mode.CANARY and (self.canary is None or self.candidate is None):
             self.mode, self.canary = Mode.BLUE_GREEN, None  # a canary that cannot be read
+        self.ab = AbState.load(fields) if self.mode is Mode.AB else None
+        if self.mode is Mode.AB and (self.ab is None or self.candidate is None):
+            self.mode, self.ab = Mode.BLUE_GREEN, None  # an A/B test that cannot be read
 
 
 def as_color(value: str | None) -> Color | None:

@@ -64,5 +64,8 @@ def strategy_for(mode: Mode) -> Strategy:
         from supervisor.rollout.canary import Canary
 
         _STRATEGIES.update({Mode.BLUE_GREEN: BlueGreen(), Mode.CANARY: Canary()})
+        from supervisor.rollout.ab import Ab
+
+        _STRATEGIES[Mode.AB] = Ab()
         strategy = _STRATEGIES[mode]
     return strategy

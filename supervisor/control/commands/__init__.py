@@ -9,7 +9,7 @@ Adding a command is its module and one line here.
 
 >>> list(COMMANDS)  # doctest: +NORMALIZE_WHITESPACE
 ['status', 'switch', 'confirm', 'rollback', 'restart', 'shutdown', 'triggers', 'handoff',
- 'snapshot', 'decisions', 'canary', 'flags', 'gates', 'deploy', 'shadow']
+ 'snapshot', 'decisions', 'canary', 'flags', 'gates', 'deploy', 'shadow', 'ab']
 >>> import argparse
 >>> COMMANDS["switch"].request(argparse.Namespace(color="green"))
 {'color': 'green'}
@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from supervisor.control.commands import (
+    ab,
     canary,
     confirm,
     decisions,
@@ -58,5 +59,6 @@ COMMANDS: dict[str, Command[Any]] = {
         gates.COMMAND,
         deploy.COMMAND,
         shadow.COMMAND,
+        ab.COMMAND,
     )
 }
