@@ -23,7 +23,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Set
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,9 +125,17 @@ class DaemonProcess:
     """
 
     def __init__(
-        self, directory: Path, config: Path, env: dict[str, str], cgroup: Path | None = None
+        self,
+        directory: Path,
+        config: Path,
+        env: dict[str, str],
+        cgroup: Path | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
         self.dir = directory
+        # A command the daemon is started under, e.g. ["ip", "netns", "exec", NAME] for a
+        # "host" of its own (tests/scale/netns.py); it must exec the daemon (same pid).
+        self.prefix = list(prefix)
         # A cgroup (v2) directory the daemon is started in, as systemd's Delegate=yes would.
         self.cgroup = cgroup
         self.config = config
@@ -147,6 +155,7 @@ class DaemonProcess:
 
     async def start(self, *, wait_ready: bool = True) -> None:
         self.proc = await asyncio.create_subprocess_exec(
+            *self.prefix,
             PY,
             "-m",
             "supervisor",
@@ -439,6 +448,7 @@ async def running_daemon(
     expect_exit: int = 0,
     allow_errors: Set[str] = frozenset(),
     cgroup: Path | None = None,
+    prefix: Sequence[str] = (),
 ) -> AsyncIterator[DaemonProcess]:
     """Start ``agentsup run`` with a fresh config; SIGTERM, check and clean up on the way out.
 
@@ -447,7 +457,8 @@ async def running_daemon(
     ``FAILURE_EVENTS`` or an exception, printed a traceback, or left a process behind.
     ``allow_errors`` names the events a test provokes on purpose (``"stderr_traceback"`` for a
     traceback on stderr); the checks still run when the test itself failed, and then add to
-    its error instead of hiding it.
+    its error instead of hiding it. ``prefix`` starts it under a command that execs it, e.g.
+    in a network namespace of its own (tests/scale/netns.py).
     """
     directory = short_tempdir("as-d-")
     config = write_config(
@@ -459,7 +470,7 @@ async def running_daemon(
     )
     full_env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
     full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
-    daemon = DaemonProcess(directory, config, full_env, cgroup)
+    daemon = DaemonProcess(directory, config, full_env, cgroup, prefix)
     daemon.expected_exit = expect_exit
 
     async def finish() -> list[str]:

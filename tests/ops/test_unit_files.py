@@ -218,3 +218,111 @@ def test_dockerfile_runs_the_daemon_as_documented() -> None:
     assert re.search(r"^USER (?!root|0\b)", runtime, re.M), "the runtime stage must not be root"
     for tool in ("gcc", "build-essential", "python3-dev"):
         assert tool not in runtime
+
+
+# --- the template unit: many deployments on one host -----------------------------------
+
+TEMPLATE = ROOT / "systemd" / "agent-supervisor@.service"
+OPERATIONS_DOC = ROOT / "docs" / "operations.md"
+INSTANCE = "bot1"
+# What the template may set otherwise than the single unit: the paths of its instance.
+PER_INSTANCE = {
+    ("Unit", "Description"),
+    ("Service", "ExecStart"),
+    ("Service", "RuntimeDirectory"),
+    ("Service", "StateDirectory"),
+    ("Service", "EnvironmentFile"),
+}
+
+
+def instance_of(template: Path, instance: str) -> Path:
+    """The path of an instance beside ``template``: systemd loads it from the template."""
+    return template.with_name(template.name.replace("@.", f"@{instance}."))
+
+
+def verify_instance(template: Path, instance: str) -> list[str]:
+    """What `systemd-analyze verify` reports for an instance of ``template``: its lines name
+    the template's file, not the instance."""
+    assert SYSTEMD_ANALYZE is not None
+    unit = instance_of(template, instance)
+    result = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    names = (template.name, unit.name)
+    lines = (result.stdout + result.stderr).splitlines()
+    problems = [line for line in lines if any(name in line for name in names)]
+    if result.returncode != 0:
+        problems.append(f"exit status {result.returncode}: {result.stdout}{result.stderr}")
+    return problems
+
+
+def expand(value: str, instance: str) -> str:
+    return value.replace("%i", instance)
+
+
+@needs_systemd_analyze
+def test_template_instance_verifies(tmp_path: Path) -> None:
+    assert verify_instance(verifiable_copy(TEMPLATE, tmp_path), INSTANCE) == []
+
+
+@needs_systemd_analyze
+def test_template_verify_reports_a_misspelt_key_and_a_bad_path(tmp_path: Path) -> None:
+    copy = verifiable_copy(TEMPLATE, tmp_path)
+    text = copy.read_text()
+    copy.write_text(text.replace("ProtectHome=yes", "ProtectHomes=yes"))
+    assert any("ProtectHomes" in line for line in verify_instance(copy, INSTANCE))
+    copy.write_text(text.replace("StateDirectory=agent-supervisor/%i", "StateDirectory=/x/%i"))
+    assert any("StateDirectory" in line for line in verify_instance(copy, INSTANCE))
+
+
+@needs_systemd_analyze
+def test_template_security_exposure_is_at_most_the_single_units(tmp_path: Path) -> None:
+    copy = tmp_path / TEMPLATE.name
+    copy.write_text(TEMPLATE.read_text())
+    score = exposure(instance_of(copy, INSTANCE))
+    single = exposure(UNIT)
+    print(f"systemd-analyze security: {INSTANCE} instance {score}, single unit {single}")
+    assert score <= single
+    assert score <= MAX_EXPOSURE
+
+
+def test_template_is_the_single_unit_with_per_instance_paths() -> None:
+    template, single = unit_settings(TEMPLATE), unit_settings(UNIT)
+    assert set(template) == set(single)
+    differing = {key for key in single if template[key] != single[key]}
+    assert differing == PER_INSTANCE
+    service = {
+        key: values[-1] for (section, key), values in template.items() if section == "Service"
+    }
+    assert service["ExecStart"] == f"{INSTALLED_BINARY} run -c /etc/agent-supervisor/%i.toml"
+    assert service["StateDirectory"] == "agent-supervisor/%i"
+    assert service["RuntimeDirectory"] == "agent-supervisor/%i"
+    assert service["EnvironmentFile"] == "-/etc/agent-supervisor/%i.env"
+    assert service["ConfigurationDirectory"] == "agent-supervisor"
+
+
+def test_operations_doc_instance_config_matches_the_template(tmp_path: Path) -> None:
+    """The instance config docs/operations.md shows is valid and lives where the template
+    puts that instance: state, socket, config path."""
+    text = OPERATIONS_DOC.read_text(encoding="utf-8")
+    match = re.search(r"```toml\n(.*?)```", text, re.S)
+    assert match, "docs/operations.md shows no instance config"
+    path = tmp_path / f"{INSTANCE}.toml"
+    path.write_text(match.group(1), encoding="utf-8")
+    cfg = config.load(path)
+    service = {
+        key: values[-1]
+        for (section, key), values in unit_settings(TEMPLATE).items()
+        if section == "Service"
+    }
+    config_path = expand(service["ExecStart"], INSTANCE).split(" -c ", 1)[1]
+    assert config_path == f"/etc/agent-supervisor/{path.name}"
+    assert cfg.supervisor.state_dir == Path("/var/lib", expand(service["StateDirectory"], INSTANCE))
+    runtime = Path("/run", expand(service["RuntimeDirectory"], INSTANCE))
+    assert cfg.supervisor.control_socket.parent == runtime
+    assert cfg.supervisor.namespace != config.load(EXAMPLE_CONFIG).supervisor.namespace
+    assert cfg.metrics.address != config.load(EXAMPLE_CONFIG).metrics.address
