@@ -157,6 +157,7 @@ class Deployment:
         # Shadow mode (supervisor/shadow): the standby decides on the live inputs, never acts.
         self.shadow = Shadow(
             config.shadow,
+            pnl=config.triggers.pnl_sigma,
             rollout=self.rollout,
             children=self.children,
             metrics=metrics,

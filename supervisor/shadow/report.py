@@ -113,6 +113,10 @@ def build(s: Session, section: ShadowSection, *, running: bool) -> dict[str, Any
             "would_be": {"total": _r(t.would_be_total), **t.would_be.as_dict()},
             # would-be minus real, per round: paired, so its interval is the narrow one
             "difference": {**t.gap.as_dict(), **_always_valid(s)},
+            # the live trigger's detector run on the would-be PnL (null: no scoring)
+            "detector": None
+            if s.detector is None
+            else {"trigger": "pnl_sigma", "rounds": s.detector.rounds, "fired": s.detector_fired},
         },
         "latency": {
             "shadow_mirror": quantiles(t.shadow_latency),

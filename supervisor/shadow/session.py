@@ -9,6 +9,7 @@ from typing import Any, Final
 import orjson
 
 from supervisor.config import Color
+from supervisor.guard.pnl import PnlSigma
 from supervisor.shadow.compare import Comparators, Divergence
 from supervisor.shadow.stats import Tally
 
@@ -44,6 +45,10 @@ class Session:
     awaiting: OrderedDict[str, Mirrored] = field(default_factory=OrderedDict)
     stopped_at: float | None = None
     stop_reason: str | None = None
+    # pnl_sigma run on the would-be PnL against the live rounds (None: no scoring), and the
+    # round at which it would have rolled the shadow back, had it been in charge.
+    detector: PnlSigma | None = None
+    detector_fired: dict[str, Any] | None = None
 
 
 def divergence(

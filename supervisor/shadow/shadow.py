@@ -29,8 +29,10 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from supervisor.children.process import Child, ChildState, ChildUnavailable
-from supervisor.config import Color, ShadowSection
+from supervisor.config import Color, PnlSigmaTrigger, ShadowSection
 from supervisor.errors import Refused
+from supervisor.guard.pnl import TRIGGER as PNL_TRIGGER
+from supervisor.guard.pnl import PnlSigma
 from supervisor.guard.verdict import Action, Severity, Verdict
 from supervisor.logs import get as get_logger
 from supervisor.metrics import Metrics
@@ -57,6 +59,7 @@ class Shadow:
         self,
         section: ShadowSection,
         *,
+        pnl: PnlSigmaTrigger,
         rollout: Rollout,
         children: Mapping[Color, Child],
         metrics: Metrics,
@@ -66,6 +69,7 @@ class Shadow:
         supervisor_name: str,
     ) -> None:
         self.section = section
+        self._pnl = pnl  # the pnl_sigma trigger's settings, run on the would-be PnL too
         self.rollout = rollout
         self.children = children
         self.metrics = metrics
@@ -150,6 +154,7 @@ class Shadow:
             scoring="mirror_outcome" in caps,
             floor="mirror" in (live_hello.get("capabilities") or []),
             problems=problems + more,
+            detector=PnlSigma(self._pnl) if "mirror_outcome" in caps else None,
         )
         self.session = session
         self._task = self._spawn(self._run(session), "shadow")
@@ -407,6 +412,27 @@ class Shadow:
                 t.unscored += 1
                 continue
             t.scored(time.time(), float(outcome["pnl"]), float(pnl))
+            self._judge(s, float(outcome["pnl"]), float(pnl))
+
+    def _judge(self, s: Session, real: float, would_be: float) -> None:
+        """The sequential detector of the live trigger (pnl_sigma) on the would-be PnL, the
+        live rounds as its baseline: had the shadow been in charge, would it have been rolled
+        back, and after how many rounds?"""
+        detector = s.detector
+        if detector is None:
+            return
+        detector.baseline_round(real)
+        verdict = detector.candidate_round(s.color, would_be)
+        if verdict is None or verdict.trigger != PNL_TRIGGER or s.detector_fired is not None:
+            return
+        s.detector_fired = {"round": detector.rounds, "message": verdict.message}
+        log.warning(
+            "shadow_pnl_detector_fired",
+            color=s.color,
+            round=detector.rounds,
+            message=verdict.message,
+            hint="had the shadow been in charge, pnl_sigma would have rolled it back",
+        )
 
     def _export(self, s: Session, kind: str) -> None:
         """The gauge of fields above the floor, for ``kind``."""

@@ -15,7 +15,8 @@ answered), ``SHADOW_EXECUTE`` (set: once told ``shadow``, ask a permit and repor
 execution whatever the answer: a rogue shadow), ``SHADOW_NO_SCORE`` (set: no
 on_mirror_outcome hook), ``SHADOW_NO_MIRROR`` (set: no on_mirror hook at all),
 ``SHADOW_COMPARE_IGNORE`` (fields, comma-separated: the agent declares that the
-``crash`` comparator ignores them), ``SHADOW_ROUND_S`` (0.01: the pause between rounds).
+``crash`` comparator ignores them), ``SHADOW_ROUND_S`` (0.01: the pause between rounds),
+``SHADOW_SCORE_BIAS`` (0: added to every would-be PnL it scores: a version that would lose).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ async def main(log: TextIO) -> None:
     target = float(env.get("SHADOW_TARGET", "2.0"))
     noise = float(env.get("SHADOW_NOISE", "0"))
     pause = float(env.get("SHADOW_ROUND_S", "0.01"))
+    bias = float(env.get("SHADOW_SCORE_BIAS", "0"))
     rng = random.Random()
 
     def decide(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -68,7 +70,7 @@ async def main(log: TextIO) -> None:
             agent.on_mirror(decide)
         if not env.get("SHADOW_NO_SCORE"):
             agent.on_mirror_outcome(
-                lambda inputs, output, outcome: score(output, float(outcome["crash"]))
+                lambda inputs, output, outcome: score(output, float(outcome["crash"])) + bias
             )
     async with agent:
         rogue_done = False

@@ -42,6 +42,7 @@ def daemon(
     green: dict[str, str] | None = None,
     shadow: dict[str, Any] | None = None,
     green_agent: dict[str, Any] | None = None,
+    sections: dict[str, dict[str, Any]] | None = None,
 ) -> contextlib.AbstractAsyncContextManager[DaemonProcess]:
     """A daemon with two shadow agents (``blue``, ``green``: their extra environment)."""
     env = {"SHADOW_DIR": str(logs)}
@@ -49,7 +50,7 @@ def daemon(
         redis_url=server.url,
         blue=agent(SHADOW_AGENT, "1.0.0", env={**env, **(blue or {})}),
         green=green_agent or agent(SHADOW_AGENT, "2.0.0", env={**env, **(green or {})}),
-        sections={"shadow": shadow} if shadow else None,
+        sections={**({"shadow": shadow} if shadow else {}), **(sections or {})} or None,
     )
 
 
@@ -158,6 +159,7 @@ async def test_a_twin_in_shadow_is_told_so_never_diverges_and_would_have_made_th
         assert abs(pnl["difference"]["mean"]) < 1e-9
         assert pnl["difference"]["verdict"] == "not_yet"
         assert pnl["real"]["n"] == pnl["would_be"]["n"] == pnl["rounds"]
+        assert pnl["detector"]["fired"] is None  # pnl_sigma on the same PnL: quiet
         assert rep["latency"]["shadow_mirror"]["n"] >= 150
 
         # The report as the operator gets it: JSON, and one page with its plots.
@@ -421,3 +423,31 @@ async def test_a_color_that_is_not_running_cannot_be_the_shadow(
         r = await d.cli("shadow", "start", "green")
         assert r.rc == 1
         assert "not_running" in r.err
+
+
+async def test_the_live_pnl_detector_runs_on_the_would_be_pnl_and_acts_on_nothing(
+    redis_server: RedisServer, logs: Path
+) -> None:
+    # The shadow would lose 1.5 more than the live color every round: pnl_sigma, fed the live
+    # rounds as its baseline, says it would have rolled the shadow back, had it been in charge.
+    async with daemon(
+        redis_server,
+        logs,
+        green={"SHADOW_SCORE_BIAS": "-1.5"},
+        sections={"triggers": {"pnl_sigma": {"min_baseline": 20}}},
+    ) as d:
+        await both_running(d)
+        assert (await d.cli("shadow", "start", "green")).rc == 0
+        fired = await d.wait_log("shadow_pnl_detector_fired", timeout=60)
+        assert fired["color"] == "green"
+        rep = await report_until(
+            d, lambda x: x["pnl"]["detector"]["fired"] is not None, "the detector to fire"
+        )
+        detector = rep["pnl"]["detector"]
+        assert detector["fired"]["round"] > 20  # not before the baseline had its rounds
+        assert rep["pnl"]["difference"]["mean"] < -1.0
+        text = await d.cli("shadow", "report")
+        assert "would have rolled it back at round" in text.out
+        st = await d.status()  # a verdict on a shadow moves nothing
+        assert (st["active"], st["shadow"]["color"]) == ("blue", "green")
+        assert not d.find("flip", reason="pnl_sigma")

@@ -152,6 +152,15 @@ def show(r: dict[str, Any], ns: argparse.Namespace) -> str:
         av = gap.get("always_valid_ci95")
         if av:
             lines.append(f"  valid at every look: {av[0]:+.4g} .. {av[1]:+.4g}: {gap['verdict']}")
+        det = p.get("detector")
+        if det is not None:
+            fired = det["fired"]
+            lines.append(
+                f"  pnl_sigma on the would-be PnL: would have rolled it back at round "
+                f"{fired['round']}: {fired['message']}"
+                if fired
+                else f"  pnl_sigma on the would-be PnL: quiet over {det['rounds']} rounds"
+            )
     elif not p["scoring"]:
         lines.append("  PnL: the shadow does not score outcomes (no on_mirror_outcome hook)")
     lat = r["latency"]["shadow_mirror"]
