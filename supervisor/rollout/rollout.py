@@ -216,18 +216,24 @@ class Rollout:
                 log.info("grants_imported", count=imported, seq=truth.seq)
             nxt = self._next()
             nxt.load(truth.rollout)
-            if nxt.mode is Mode.CANARY and not canary.in_force(
-                truth.alloc, truth.epoch, nxt.candidate
+            held_by = as_color(truth.active)
+            if nxt.mode is Mode.CANARY and (
+                not canary.in_force(truth.alloc, truth.epoch, nxt.candidate)
+                or held_by is not nxt.stable
             ):
                 # Something else changed who acts while no daemon ran (an operator's SET, a
-                # flip by an older version): the fence ended the canary then; so do we.
+                # flip by an older version): the fence ended the canary then (it ignores a
+                # split whose candidate holds the key); so do we.
                 log.warning(
                     "canary_ended_while_away",
                     candidate=nxt.candidate,
                     hint="the split in Redis is not at the current epoch; stable takes all",
                 )
                 self._end_canary(nxt, as_color(truth.active))
-            if nxt.mode is Mode.AB and not ab.in_force(truth.alloc, truth.epoch, nxt.candidate):
+            if nxt.mode is Mode.AB and (
+                not ab.in_force(truth.alloc, truth.epoch, nxt.candidate)
+                or held_by is not nxt.stable
+            ):
                 log.warning(
                     "ab_ended_while_away",
                     hint="the split in Redis is not at the current epoch; blue takes all",
@@ -239,9 +245,10 @@ class Rollout:
             if (
                 observed is not None
                 and observed is not nxt.stable
-                and nxt.candidate is not observed
+                and (nxt.candidate is not observed or nxt.probation_since is None)
             ):
-                # Switched by hand while no daemon ran: that color is on probation.
+                # Switched by hand while no daemon ran: that color is on probation (also a
+                # canary's candidate, which had no probation clock while it was one).
                 nxt.candidate, nxt.probation_since = observed, time.time()
             to = None if truth.active is not None else nxt.stable
             if truth.active is not None and observed is None:
