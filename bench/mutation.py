@@ -92,7 +92,21 @@ _E2E_FENCE = [
     "tests/test_lifecycle.py",
 ]
 _E2E_GUARD = ["tests/test_critical_triggers.py", "tests/guard/test_guard_e2e.py"]
-_ROLLOUT = ["supervisor/rollout", *_E2E_FENCE, *_E2E_GUARD, "tests/arbiter/test_restart.py"]
+# Rollout-level tests on a real Redis (no daemon) first, the canary's too: fast.
+_ROLLOUT = [
+    "supervisor/rollout",
+    "tests/rollout",
+    "tests/canary/test_canary_record.py",
+    "tests/canary/test_rollout_canary.py",
+    "tests/test_blue_green.py",
+    "tests/test_rollout.py",
+    "tests/canary/test_canary.py",
+    "tests/test_fence.py",
+    "tests/test_redis_outage.py",
+    "tests/test_lifecycle.py",
+    *_E2E_GUARD,
+    "tests/arbiter/test_restart.py",
+]
 TESTS: dict[str, list[str]] = {
     SCRIPTS: [
         "tests/arbiter/test_scripts.py",
@@ -115,10 +129,16 @@ TESTS: dict[str, list[str]] = {
     ],
 }
 for _name in ("critical", "heartbeat", "pnl", "latency", "escrow", "double_spend"):
-    _unit = [f"tests/guard/test_{_name}.py"] if _name not in ("critical", "heartbeat") else []
     TESTS[f"supervisor/guard/{_name}.py"] = [
         f"supervisor/guard/{_name}.py",  # its doctests
-        *_unit,
+        f"tests/guard/test_{_name}.py",
+        *(
+            {
+                "pnl": ["tests/guard/test_pnl_baseline.py", "tests/guard/test_pnl_new_stable.py"],
+                "latency": ["tests/guard/test_latency_new_candidate.py"],
+                "escrow": ["tests/guard/test_escrow_acting.py"],
+            }.get(_name, [])
+        ),
         "tests/guard/test_registry.py",
         *_E2E_GUARD,
         "tests/test_stalls.py",
@@ -295,6 +315,70 @@ EQUIVALENT: dict[tuple[str, str, str, str], str] = {
             "if truth.active is not None and observed is not None:",
         )
     },
+    (
+        _R,
+        "Rollout._end_canary",
+        "if nxt.candidate is not None and nxt.candidate is not active:",
+        "if True:",
+    ): (
+        "every caller puts a candidate in charge back itself, with a probation clock "
+        "(switch, _adopted, _changed, and start's by-hand branch since the candidate without "
+        "a clock was fixed: tests/rollout/test_canary_ended_by_hand.py)"
+    ),
+    (
+        _R,
+        "Rollout._end_canary",
+        "if nxt.candidate is not None and nxt.candidate is not active:",
+        "if nxt.candidate is not None or nxt.candidate is not active:",
+    ): (
+        "past its first line the state is a canary's, whose candidate is never None "
+        "(canary_start sets it, RolloutState.load drops a canary without one): for a candidate "
+        "that is set both conditions agree"
+    ),
+    (
+        _R,
+        "Rollout._canary",
+        "if self.state.mode is not Mode.CANARY or c is None:",
+        "if self.state.mode is not Mode.CANARY and c is None:",
+    ): (
+        "the mode and the canary's state go together: every change sets both, and "
+        "RolloutState.load makes a canary without its state blue-green"
+    ),
+    (_R, "Rollout.reconcile", "if observed.status is AdoptStatus.SAME:", "if False:"): (
+        "SAME is Redis at our epoch with its owner holding the key: the checks below find "
+        "nothing in it either (_changed returns None)"
+    ),
+    (
+        _R,
+        "Rollout.reconcile",
+        "and as_color(observed.active) is not s.active",
+        "and as_color(observed.active) is s.active",
+    ): (
+        "the disjunct it is in (Redis at our epoch, its owner holding the key) is exactly what "
+        "ADOPT answers SAME, returned above: never reached, with either comparison"
+    ),
+    (
+        "supervisor/guard/latency.py",
+        "Latency._judge",
+        "ratio = self.candidate.median / (stable_ms if stable_ms > FLOOR_MS else FLOOR_MS)",
+        "ratio = self.candidate.median / (stable_ms if stable_ms >= FLOOR_MS else FLOOR_MS)",
+    ): "a stable median equal to the floor divides by the same number either way",
+    (
+        "supervisor/guard/escrow.py",
+        "EscrowGap.event",
+        "if due < self._next_due:",
+        "if due <= self._next_due:",
+    ): ("an equal due time assigns the same value"),
+    (
+        "supervisor/rollout/strategy.py",
+        "strategy_for",
+        "if strategy is None:",
+        "if True:",
+    ): "fills the table again at every call, with new instances of strategies that hold no state",
+    ("supervisor/guard/pnl.py", "SeedRule.reset", "self._recent.clear()", "pass"): (
+        "reset's `rounds = 0` holds the seed rule back until `window` new rounds have replaced "
+        "every slot of the ring; its running total is then the sum of the new rounds"
+    ),
     (_A, "Arbiter.replicas", "return 0", "return None"): (
         "INFO failed: replica_count None and 0 both mean no WAIT"
     ),
@@ -943,6 +1027,7 @@ class Run:
     baseline: dict[str, dict[str, Any]] = field(default_factory=dict)
     measured: list[str] = field(default_factory=list)  # the paths the baseline covers
     stop: threading.Event = field(default_factory=threading.Event)
+    done: list[Result] = field(default_factory=list)  # every mutant judged, as it is judged
 
     @property
     def broken(self) -> list[str]:
@@ -1042,7 +1127,9 @@ class Run:
             raise SystemExit(f"pytest exited {outcome.rc} for {mutant.id}: check the test paths")
         killer = outcome.failed[0] if outcome.failed else ""
         self.log(f"{status:<8} {outcome.seconds:6.1f}s {mutant.id:<16} {mutant.label()}  {killer}")
-        return Result(mutant, status, killer, outcome.seconds)
+        result = Result(mutant, status, killer, outcome.seconds)
+        self.done.append(result)
+        return result
 
 
 # ------------------------------------------------------------------------- reporting
@@ -1105,19 +1192,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the mutants, run nothing")
     parser.add_argument("--only", action="append", default=[], metavar="FILE")
     parser.add_argument("--max", type=int, default=None, metavar="N", help="a seeded sample")
-    parser.add_argument("--id", action="append", default=[], help="only this mutant (--list)")
+    parser.add_argument(
+        "--id", action="append", default=[], help="only these mutants (--list), comma-separated"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sample", type=int, default=20, help="mutants per guard evaluator")
     parser.add_argument("--workers", type=int, choices=(1, 2), default=2)
     parser.add_argument("--no-confirm", action="store_true", help="survivors skip the suite")
     parser.add_argument("--source", type=Path, default=ROOT, help="the tree to copy")
+    parser.add_argument(
+        "--tests",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="run these test paths against each mutant instead of its TESTS (does a new test "
+        "kill it?)",
+    )
     args = parser.parse_args(argv)
 
+    if args.tests:
+        for file in TESTS:
+            TESTS[file] = args.tests
     texts = {f: (args.source / f).read_text() for f in (*FULL, *SAMPLED)}
     mutants = select(texts, seed=args.seed, sample=args.sample, only=args.only, limit=args.max)
     if args.id:
-        mutants = [m for m in mutants if m.id in args.id]
+        wanted = {i for arg in args.id for i in arg.split(",") if i}
+        mutants = [m for m in mutants if m.id in wanted]
     if args.list:
         if args.json:
             print(json.dumps([asdict(m) for m in mutants], indent=1))
@@ -1135,6 +1236,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="agentsup-mutation-"))
     workspaces: list[Workspace] = []
     run: Run | None = None
+    not_run: list[str] = []
 
     def interrupted(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -1170,7 +1272,16 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"{ws.tree}: a mutated file was not restored")
     except KeyboardInterrupt:
         say("interrupted: every file restored, the copies removed")
-        return 130
+        interrupted_at = run.done if run else []
+        if not interrupted_at:
+            return 130
+        # What was judged before the interruption is still a result: reported as such.
+        judged = {r.mutant.id for r in interrupted_at}
+        results = [*interrupted_at, *(Result(m, "equivalent") for m in mutants if m.equivalent)]
+        order = {m.id: i for i, m in enumerate(mutants)}
+        results.sort(key=lambda r: order[r.mutant.id])
+        not_run = [m.id for m in mutants if not m.equivalent and m.id not in judged]
+        say(f"{len(judged)} mutants judged, {len(not_run)} not run")
     finally:
         for ws in workspaces:
             ws.kill()
@@ -1178,6 +1289,8 @@ def main(argv: list[str] | None = None) -> int:
                 ws.restore(f)
         shutil.rmtree(root, ignore_errors=True)
     meta = {
+        "interrupted": bool(not_run),
+        "not_run": not_run,
         "seed": args.seed,
         "workers": args.workers,
         "confirm": not args.no_confirm,
