@@ -32,15 +32,13 @@ Result: the report (``running``, ``flag``, ``split``, ``min_rounds``, ``arms`` {
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from supervisor.ab.html import render
-from supervisor.control.client import request as send
-from supervisor.control.commands.base import Command, as_indented_json
+from supervisor.control.commands.base import Command, operations, with_page
 from supervisor.control.context import Context
 from supervisor.errors import Refused
 
@@ -90,16 +88,7 @@ async def run(ctx: Context, args: Args) -> dict[str, Any]:
 
 def arguments(parser: argparse.ArgumentParser) -> None:
     # `agentsup ab` alone is `agentsup ab report`.
-    ops = parser.add_subparsers(dest="op", metavar="OP")
-    parser.set_defaults(op="report", json=False, html=None)
-
-    def sub(name: str, help: str) -> argparse.ArgumentParser:
-        sp = ops.add_parser(name, help=help, description=help)
-        where = sp.add_mutually_exclusive_group()
-        where.add_argument("--socket", type=Path, default=argparse.SUPPRESS)
-        where.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS)
-        sp.add_argument("--json", action="store_true", help="the report as JSON")
-        return sp
+    sub = operations(parser, "report", "the report as JSON", html=None)
 
     sp = sub("start", "blue (A) and green (B) each with a value of FLAG, each within its share")
     sp.add_argument("--flag", required=True, metavar="NAME", help="a flag of [flags]")
@@ -124,24 +113,6 @@ def request(ns: argparse.Namespace) -> dict[str, Any]:
     elif ns.op == "stop" and ns.winner:
         args["winner"] = ns.winner
     return args
-
-
-def cli(command: Command[Any], ns: argparse.Namespace, socket: Path) -> int:
-    result = send(socket, command.name, request(ns))
-    html_path: Path | None = getattr(ns, "html", None)
-    if html_path is not None:
-        try:
-            html_path.write_text(render(result), encoding="utf-8")
-        except OSError as exc:
-            print(f"agentsup: ab report: cannot write {html_path}: {exc}", file=sys.stderr)
-            return 1
-    if ns.json:
-        print(as_indented_json(result))
-    else:
-        print(show(result, ns))
-        if html_path is not None:
-            print(f"written to {html_path}")
-    return 0
 
 
 def _ci(ci: list[float] | None) -> str:
@@ -194,5 +165,5 @@ COMMAND = Command(
     arguments=arguments,
     request=request,
     show=show,
-    cli=cli,
+    cli=with_page(render),
 )

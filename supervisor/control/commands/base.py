@@ -48,6 +48,7 @@ server's validation, error codes and metrics come from there.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,32 @@ def operations(
         return sp
 
     return sub
+
+
+def with_page(
+    render: Callable[[Any], str],
+) -> Callable[[Command[Any], argparse.Namespace, Path], int]:
+    """The usual round, and with ``--html FILE`` the result also written as one page by
+    ``render`` (the shadow's and the A/B test's reports)."""
+
+    def cli(command: Command[Any], ns: argparse.Namespace, socket: Path) -> int:
+        result = send(socket, command.name, command.request(ns))
+        page: Path | None = getattr(ns, "html", None)
+        if page is not None:
+            try:
+                page.write_text(render(result), encoding="utf-8")
+            except OSError as exc:
+                print(f"agentsup: {command.name}: cannot write {page}: {exc}", file=sys.stderr)
+                return 1
+        if ns.json:
+            print(as_indented_json(result))
+            return 0
+        print(command.show(result, ns))
+        if page is not None:
+            print(f"written to {page}")
+        return 0
+
+    return cli
 
 
 def no_request_args(ns: argparse.Namespace) -> dict[str, Any]:

@@ -24,19 +24,17 @@ Result: the report (``running``, ``color``, ``live``, ``mirrors``, ``floor``, ``
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
 from supervisor.config import Color
-from supervisor.control.client import request as send
 from supervisor.control.commands.base import (
     COLOR_CHOICES,
     Command,
-    as_indented_json,
     operations,
+    with_page,
 )
 from supervisor.control.context import Context
 from supervisor.errors import Refused
@@ -95,24 +93,6 @@ def request(ns: argparse.Namespace) -> dict[str, Any]:
     if ns.op == "start":
         args["color"] = ns.color
     return args
-
-
-def cli(command: Command[Any], ns: argparse.Namespace, socket: Path) -> int:
-    result = send(socket, command.name, request(ns))
-    html_path: Path | None = getattr(ns, "html", None)
-    if html_path is not None:
-        try:
-            html_path.write_text(render(result), encoding="utf-8")
-        except OSError as exc:
-            print(f"agentsup: shadow report: cannot write {html_path}: {exc}", file=sys.stderr)
-            return 1
-    if ns.json:
-        print(as_indented_json(result))
-    else:
-        print(show(result, ns))
-        if html_path is not None:
-            print(f"written to {html_path}")
-    return 0
 
 
 def show(r: dict[str, Any], ns: argparse.Namespace) -> str:
@@ -186,5 +166,5 @@ COMMAND = Command(
     arguments=arguments,
     request=request,
     show=show,
-    cli=cli,
+    cli=with_page(render),
 )
