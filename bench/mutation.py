@@ -110,6 +110,9 @@ _ROLLOUT = [
 TESTS: dict[str, list[str]] = {
     SCRIPTS: [
         "tests/arbiter/test_scripts.py",
+        # The allocation fence of the canary and the A/B test, one script call at a time.
+        "tests/canary/test_alloc_script.py",
+        "tests/ab/test_ab_fence.py",
         "tests/arbiter/test_arbiter.py",
         "tests/test_agent.py",
         *_E2E_FENCE,
