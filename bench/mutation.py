@@ -179,6 +179,17 @@ _R = "supervisor/rollout/rollout.py"
 EQUIVALENT: dict[tuple[str, str, str, str], str] = {
     (
         SCRIPTS,
+        "PERMIT",
+        "if not behind and taken > share * total + (tonumber(alloc[6] or '0') or 0)"
+        " + 1e-9 * total then",
+        "if not behind and taken >= share * total + (tonumber(alloc[6] or '0') or 0)"
+        " + 1e-9 * total then",
+    ): (
+        "a tie to the last bit: > and >= differ only when the stake lands exactly on the bound "
+        "plus 1e-9 of the total, a tolerance there to keep float rounding off the bound"
+    ),
+    (
+        SCRIPTS,
         "FLIP",
         "if floor > epoch then epoch = floor end",
         "if floor >= epoch then epoch = floor end",
