@@ -16,7 +16,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import orjson
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -38,6 +39,7 @@ from supervisor.arbiter.durable import (
     ToldMark,
     write_atomically,
 )
+from supervisor.arbiter.lane import Lane
 from supervisor.errors import LeaseLost, RedisUnavailable
 from supervisor.logs import get as get_logger
 
@@ -160,7 +162,12 @@ class Arbiter:
     """Flips, permits, adoption and the lease, each one atomic Redis call."""
 
     def __init__(
-        self, redis: Redis, keys: scripts.Keys, state_dir: Path, permit_ttl_s: int
+        self,
+        redis: Redis,
+        keys: scripts.Keys,
+        state_dir: Path,
+        permit_ttl_s: int,
+        lane: Lane | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -196,6 +203,9 @@ class Arbiter:
         self._journaled_order: deque[int] = deque(maxlen=100_000)
         # Told of every failed write to state_dir (the daemon counts, logs and alerts).
         self.on_write_failure: Callable[[str, Exception], None] = lambda what, exc: None
+        # The fence's scripts on a raw connection, when given one (see lane.py); the caller
+        # closes it.
+        self.lane = lane
         self._flip = redis.register_script(scripts.FLIP)
         self._adopt = redis.register_script(scripts.ADOPT)
         self._permit = redis.register_script(scripts.PERMIT)
@@ -296,21 +306,24 @@ class Arbiter:
             await self.wait_replica()
         return result
 
+    def _adopt_args(self, known_epoch: int, stable: str, flip_id: str) -> list[str]:
+        return [
+            str(known_epoch),
+            str(self.seq),
+            self.lease_value if self.holds_lease else "",
+            flip_id,
+            f"{time.time():.6f}",
+            str(FLIPS_MAXLEN),
+            stable,
+            str(self.reservation.ceiling),
+        ]
+
     async def adopt(self, known_epoch: int, stable: str) -> Observed:
         """The reconciler's one round trip: compare Redis with what we know; an operator's SET
         of the active key is adopted in the same call (see scripts.ADOPT)."""
         flip_id = uuid.uuid4().hex
         for _ in range(3):
-            args = [
-                str(known_epoch),
-                str(self.seq),
-                self.lease_value if self.holds_lease else "",
-                flip_id,
-                f"{time.time():.6f}",
-                str(FLIPS_MAXLEN),
-                stable,
-                str(self.reservation.ceiling),
-            ]
+            args = self._adopt_args(known_epoch, stable, flip_id)
             raw = await self._call(self._adopt, self.keys.adopt_keys(), args, "not reconciled")
             status, epoch_text, active, owner, seq_text = (_text(x) for x in raw)
             epoch = int(epoch_text or 0)
@@ -328,13 +341,18 @@ class Arbiter:
             self.seen = max(self.seen, epoch)
         return observed
 
+    def _run(self, script: AsyncScript, keys: list[str], args: list[str]) -> Awaitable[Any]:
+        if self.lane is not None:
+            return self.lane.script(script, keys, args)
+        return script(keys=keys, args=args)
+
     async def _call(self, script: Any, keys: list[str], args: list[str], what: str) -> Any:
         """One script call, tried up to three times 50 ms apart on a connection error (every
         script here is idempotent when retried after a lost reply). A plain loop: this is on
         the flip's clock, and a retry library's bookkeeping costs more than the Lua."""
         for attempt in range(3):
             try:
-                return await script(keys=keys, args=args)
+                return await self._run(script, keys, args)
             except _TRANSIENT as exc:
                 if attempt == 2:
                     raise RedisUnavailable(f"{what}: {exc}") from exc
@@ -353,9 +371,10 @@ class Arbiter:
         A grant is journaled before this returns ``ok``; if the journal cannot be written the
         permit is refused (``unavailable``: the key stays burnt in Redis, nothing moved)."""
         try:
-            raw = await self._permit(
-                keys=self.keys.permit_keys(key, color),
-                args=[
+            raw = await self._run(
+                self._permit,
+                self.keys.permit_keys(key, color),
+                [
                     color,
                     str(epoch),
                     self.permit_ttl_ms,

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from supervisor.arbiter.lane import Lane, subscribe
 from supervisor.logs import get as get_logger
 
 log = get_logger("watch")
@@ -52,6 +53,10 @@ async def watch_keyspace(
     db = int(redis.connection_pool.connection_kwargs.get("db", 0) or 0)
     channels = [f"__keyspace@{db}__:{key}" for key in keys]
     pattern = any(c in key for key in keys for c in "*?[")
+    lane = Lane.for_client(redis)
+    if lane is not None:  # a plain Redis: the raw subscription, hint called from the read
+        await _watch_raw(lane, channels, pattern, on_hint, redis_up, prepare, what)
+        return
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     me = asyncio.current_task()
     assert me is not None
@@ -93,6 +98,34 @@ async def watch_keyspace(
                 on_hint()
     finally:
         await _close(pubsub)
+
+
+async def _watch_raw(
+    lane: Lane,
+    channels: list[str],
+    pattern: bool,
+    on_hint: Callable[[], None],
+    redis_up: asyncio.Event,
+    prepare: Callable[[], Awaitable[object]],
+    what: str,
+) -> None:
+    while True:
+        conn = None
+        try:
+            await prepare()
+            conn = await subscribe(lane, channels, pattern, on_hint)
+            on_hint()  # whatever changed before the subscription took
+            await asyncio.shield(conn.lost)
+            error = "connection closed"
+        except (RedisError, OSError) as exc:
+            error = str(exc)
+        finally:
+            if conn is not None and conn.transport is not None:
+                conn.transport.abort()  # also when cancelled
+        log.info(f"{what}_disconnected", error=error)
+        await asyncio.sleep(0.2)  # the health loop may not have noticed yet
+        await redis_up.wait()
+        on_hint()  # notifications were lost meanwhile: look at the truth once
 
 
 def _sentinel(redis: Redis) -> bool:

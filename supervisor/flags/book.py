@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,6 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from supervisor.alerts import Alert
+from supervisor.arbiter.lane import Lane
 from supervisor.config import Color, Config, FlagSpec, FlagValue
 from supervisor.errors import Refused
 from supervisor.flags.codec import FlagValueError, decode, encode, parse_cli
@@ -74,6 +76,7 @@ class FlagBook:
         on_change: Callable[[], None],
         record: Callable[[str, Mapping[str, Any], Color | None], object],
         alert: Callable[[Alert], None],
+        lane: Lane | None = None,
     ) -> None:
         self.schema: dict[str, FlagSpec] = dict(config.flags)
         self.keys = FlagKeys(config.supervisor.namespace, config.redis.flags_prefix)
@@ -85,6 +88,7 @@ class FlagBook:
         self._record = record
         self._alert = alert
         self._write = redis.register_script(_WRITE)
+        self._lane = lane  # the raw connection the reads take when Redis is a plain one
         # Every key we read, and whose flag (and color, None for the global one) it holds.
         self._where: dict[str, tuple[str, Color | None]] = {}
         for name, spec in self.schema.items():
@@ -178,11 +182,7 @@ class FlagBook:
             keys = list(self._where)
             if not self._loaded:
                 await asyncio.to_thread(self._kept.load)
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.info("server")
-            pipe.mget(keys)
-            info, raws = await pipe.execute()
-            run_id = str(info.get("run_id", ""))
+            run_id, raws = await self._read(keys)
             raws = await self._put_back(keys, raws, run_id)
             changes: list[tuple[str, Color | None, str | None, str | None]] = []
             for key, got in zip(keys, raws, strict=True):
@@ -211,12 +211,25 @@ class FlagBook:
             if not self._loaded:
                 log.info("flags_loaded", values={c.value: self.values(c) for c in Color})
             self._run_id = run_id
-            await asyncio.to_thread(self._kept.save, run_id, self._raw)
-            # Pushed first, recorded after: the history's round trip is not on the clock.
+            # Pushed first, recorded after: the file and the history are not on the clock.
             self._publish()
             self._loaded = True
+            await asyncio.to_thread(self._kept.save, run_id, self._raw)
             for name, color, old, new in changes:
                 await self._log_external(name, color, old, new)
+
+    async def _read(self, keys: list[str]) -> tuple[str, list[Any]]:
+        """The server's run_id and the keys' values, in one round trip (on the fast lane
+        when Redis is a plain one: this is on a flag change's clock)."""
+        if self._lane is not None:
+            info, raws = await self._lane.pipeline(["INFO", "server"], ["MGET", *keys])
+            found = re.search(rb"^run_id:(\w+)", info, re.MULTILINE)
+            return (found.group(1).decode() if found else ""), raws
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.info("server")
+        pipe.mget(keys)
+        parsed, raws = await pipe.execute()
+        return str(parsed.get("run_id", "")), raws
 
     async def _put_back(self, keys: list[str], raws: list[Any], run_id: str) -> list[Any]:
         """Redis is another server than the one the flags were last read from: write every
@@ -359,7 +372,11 @@ class FlagBook:
         args = [op, raw, name, color.value if color else "", by, reason, repr(time.time())]
         async with self._lock:
             try:
-                got = await self._write(keys=[key, self.keys.log], args=[*args, LOG_MAXLEN])
+                keys = [key, self.keys.log]
+                if self._lane is not None:
+                    got = await self._lane.script(self._write, keys, [*args, str(LOG_MAXLEN)])
+                else:
+                    got = await self._write(keys=keys, args=[*args, LOG_MAXLEN])
             except (RedisError, OSError) as exc:
                 raise Refused("redis_unavailable", f"cannot write {key}: {exc}") from None
             # Seen, so that the notification of our own write is not taken for another's.
