@@ -297,9 +297,9 @@ class Channel:
         changed = (role, epoch) != (self._role, self._epoch)
         self._role, self._epoch, self._allocation = role, epoch, float(allocation)
         self._changed_now()
+        self._notify_role()  # the agent first, the log after
         if changed:
             log.info("role %s at epoch %s (allocation %.2f)", role, epoch, self._allocation)
-        self._notify_role()
 
     def _handle_flags(self, msg: dict[str, Any]) -> None:
         values = msg["values"]

@@ -138,6 +138,7 @@ class Rollout:
         nxt.epoch = flip.epoch
         self.state = nxt
         change = Change("flip", nxt.active, previous, flip.epoch, reason, by, trigger, started)
+        self._on_change(change)  # the roles go out first: the log line is not on the clock
         log.info(
             "flip",
             active=flip.to or None,
@@ -148,7 +149,6 @@ class Rollout:
             trigger=trigger,
             status=flip.status,
         )
-        self._on_change(change)
         return change
 
     def _next(self) -> RolloutState:
@@ -570,6 +570,8 @@ class Rollout:
             nxt.rejected.pop(color, None)
         previous = s.active
         self.state = nxt
+        change = Change("flip", color, previous, observed.epoch, "external", "redis")
+        self._on_change(change)  # the roles go out first: the log line is not on the clock
         log.info(
             "flip",
             active=color,
@@ -579,8 +581,6 @@ class Rollout:
             by="redis",
             status="adopted",
         )
-        change = Change("flip", color, previous, observed.epoch, "external", "redis")
-        self._on_change(change)
         return change
 
     async def _changed(self, observed: Observed) -> Change | None:
