@@ -71,29 +71,52 @@ _MAX_DEPTH: Final = 4096
 
 def parent_of(pid: int) -> int:
     """The parent pid, field 4 of /proc/PID/stat. Raises OSError when the process is gone."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read()
+    return _stat(pid)[0]
+
+
+def _stat(pid: int) -> tuple[int, int]:
+    """The parent pid and the start time (fields 4 and 22 of /proc/PID/stat). Raises OSError
+    when the process is gone."""
+    fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+    try:
+        stat = os.read(fd, 4096)
+    finally:
+        os.close(fd)
     # The command name is in parentheses and may contain anything: split after the last ')'.
-    return int(stat[stat.rfind(b")") + 2 :].split()[1])
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return int(fields[1]), int(fields[19])
 
 
-def lineage(pid: int, ancestor: int) -> Lineage:
+def lineage(pid: int, ancestor: int, ancestor_start: int | None = None) -> Lineage:
     """Whether process ``pid`` descends from ``ancestor``, by its ``ppid`` links.
 
     A pid of 0 (SO_PEERCRED's answer for a peer outside our pid namespace) is not a
     descendant: a process the daemon starts is always visible in the daemon's namespace. The
-    walk stops at pid 1 or 0 (the top of a namespace), unless ``ancestor`` is itself pid 1.
+    walk stops at pid 1 or 0 (the top of a namespace), unless ``ancestor`` is itself pid 1,
+    and at the first process that started before ``ancestor`` (``ancestor_start``, its start
+    time as /proc gives it; read when not given): a descendant is born after its ancestor,
+    and so are all the processes between them, so what is older is outside and so is
+    everything above it. (An operator's shell is usually older than the daemon: its commands
+    are told apart in two reads of /proc instead of one per process up to pid 1.)
     An ancestor exiting while we walk relinks the chain: the walk starts over, three times
     at most; a peer that is gone is UNKNOWN (its connection is then refused)."""
     if pid == ancestor:
         return Lineage.OWN
     if pid <= 0:
         return Lineage.OUTSIDE
+    if ancestor_start is None:
+        try:
+            ancestor_start = _stat(ancestor)[1]
+        except (OSError, ValueError, IndexError):
+            ancestor_start = 0  # unknown: walk the whole chain
     for _attempt in range(3):
         current = pid
         try:
             for _ in range(_MAX_DEPTH):
-                current = parent_of(current)
+                parent, started = _stat(current)
+                if started < ancestor_start:
+                    return Lineage.OUTSIDE
+                current = parent
                 if current == ancestor:
                     return Lineage.CHILD
                 if current <= 1:

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from supervisor.children.proctable import start_time_of
 from supervisor.control.commands import COMMANDS
 from supervisor.control.context import Context
 from supervisor.errors import Refused, SupervisorError
@@ -83,6 +84,7 @@ class ControlServer:
         metrics.control_refused.labels("child")
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[Any]] = set()
+        self._started = start_time_of(os.getpid()) or 0  # the lineage walk stops above it
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +171,7 @@ class ControlServer:
     ) -> bool:
         """Refuse a peer that belongs to a supervised child's process tree (or that is gone
         before its ancestry could be read: then nobody can tell it is not one)."""
-        kin = lineage(pid, os.getpid())
+        kin = lineage(pid, os.getpid(), self._started)
         if kin in (Lineage.OUTSIDE, Lineage.OWN):
             return True
         reason = "child" if kin is Lineage.CHILD else "unverified"
