@@ -363,7 +363,7 @@ def print_process_flips(
         " alternating; the trigger has no floor of its own: the SET's is beside it for scale)"
     )
     print(
-        f"{'latency':<37} {'pause':>5} {'p50':>9} {'p99':>9} {'committed':>9} {'floor p50':>9} "
+        f"{'latency':<37} {'pause':>5} {'p50':>9} {'p99':>9} {'floor p50':>9} "
         f"{'floor p99':>9} {'p50/floor':>9} {'in-proc':>9}  target"
     )
     rows = [
@@ -373,7 +373,6 @@ def print_process_flips(
     for name, kind, in_process in rows:
         for variant, pause in (("idle", f"{pause_ms:g} ms"), ("busy", "none")):
             samples, floor = proc[f"{kind}_{variant}"], proc[f"floor_{variant}"]
-            commit = proc.get(f"{kind}_commit_{variant}") or []
             p50, p99, f50 = statistics.median(samples), pct(samples, 0.99), statistics.median(floor)
             if kind == "set":
                 met = p50 <= 1.5 * f50
@@ -383,15 +382,13 @@ def print_process_flips(
                 target = "p50 < 1 ms, p99 < 5 ms"
             print(
                 f"{name:<37} {pause:>5} {ms(p50):>9} {ms(p99):>9} "
-                f"{ms(statistics.median(commit)) if commit else '-':>9} "
                 f"{ms(f50):>9} {ms(pct(floor, 0.99)):>9} {p50 / f50:>8.2f}x "
                 f"{ms(statistics.median(in_process)):>9}  {target}: {'met' if met else 'NOT met'}"
             )
     n = len(proc["set_idle"])
     print(
         f"  ({n} flips of each kind and {n} floor SETs per pause, after {process_flips.WARMUP}"
-        " uncounted; committed: p50 until the daemon\n  logged the flip (in Redis, roles not yet"
-        " pushed), by the wall clock; in-proc: p50 of the in-process run, no pause)\n"
+        " uncounted; in-proc: p50 of the in-process\n  run, no pause)\n"
     )
 
 

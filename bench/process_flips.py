@@ -39,7 +39,6 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -337,27 +336,9 @@ class Flip:
     sent_wall_ns: int
 
 
-def _commits(log_path: Path) -> dict[int, int]:
-    """Epoch -> when the daemon logged its flip (wall clock, ns): the flip is committed in
-    Redis by then, and the roles not yet pushed. Empty if the log says otherwise."""
-    found: dict[int, int] = {}
-    with contextlib.suppress(OSError):
-        for line in log_path.read_bytes().splitlines():
-            try:
-                record = json.loads(line)
-                if record.get("event") == "flip" and type(record.get("epoch")) is int:
-                    when = datetime.fromisoformat(record["timestamp"]).timestamp()
-                    found.setdefault(record["epoch"], round(when * 1e9))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                continue
-    return found
-
-
 async def measure(samples: int, pause_s: float) -> dict[str, list[float]]:
     """Milliseconds per flip, ``samples`` of each kind: ``set`` and ``floor`` (idle and busy,
-    alternating), ``trigger`` (idle and busy), and for ``set`` and ``trigger`` the part until
-    the flip was committed (``set_commit_idle``...: from the daemon's log, by the wall clock;
-    empty if its log has no ``flip`` records with an epoch). A SIGTERM meanwhile stops every
+    alternating), ``trigger`` (idle and busy). A SIGTERM meanwhile stops every
     process and removes the directory, then raises KeyboardInterrupt, as a Ctrl-C would."""
     loop = asyncio.get_running_loop()
     me = asyncio.current_task()
@@ -430,16 +411,9 @@ async def _measure(samples: int, pause_s: float) -> dict[str, list[float]]:
         )
         run = Run(directory, inbox, setter, ACTIVE_KEY)
         await run.settle()
-        out, sent = await _flips(run, samples, pause_s)
+        out = await _flips(run, samples, pause_s)
         if inbox.bad:
             raise BenchError(f"{inbox.bad} reports could not be read")
-        for proc in reversed(procs):  # the daemon's log complete before it is read
-            await _stop(proc, STOP_GRACE_S)
-        committed = _commits(log_path)
-        for kind, flips in sent.items():
-            out[kind] = [
-                (committed[f.epoch] - f.sent_wall_ns) / 1e6 for f in flips if f.epoch in committed
-            ]
         return out
     except BenchError as exc:
         with contextlib.suppress(OSError):
@@ -457,12 +431,9 @@ async def _measure(samples: int, pause_s: float) -> dict[str, list[float]]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-async def _flips(
-    run: Run, samples: int, pause_s: float
-) -> tuple[dict[str, list[float]], dict[str, list[Flip]]]:
-    """The timed flips; also which epoch each made and when it was sent, by kind."""
+async def _flips(run: Run, samples: int, pause_s: float) -> dict[str, list[float]]:
+    """The timed flips, by kind."""
     out: dict[str, list[float]] = {}
-    sent: dict[str, list[Flip]] = {}
     for name, pause in (("idle", pause_s), ("busy", 0.0)):
         sets, floors = out.setdefault(f"set_{name}", []), out.setdefault(f"floor_{name}", [])
         for i in range(WARMUP + samples):
@@ -474,12 +445,10 @@ async def _flips(
             if i >= WARMUP:
                 sets.append(s.told_ms)
                 floors.append(f)
-                sent.setdefault(f"set_commit_{name}", []).append(s)
     for name, pause in (("idle", pause_s), ("busy", 0.0)):
         triggers = out.setdefault(f"trigger_{name}", [])
         for i in range(WARMUP + samples):
             t = await run.trigger(pause)
             if i >= WARMUP:
                 triggers.append(t.told_ms)
-                sent.setdefault(f"trigger_commit_{name}", []).append(t)
-    return out, sent
+    return out
