@@ -23,11 +23,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
+from redis._parsers.base import BaseParser  # its error table (redis-py >= 5)
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.commands.core import AsyncScript
-from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Reply = Any
@@ -42,12 +43,11 @@ def _encode(args: Sequence[str | bytes | int]) -> bytes:
 
 
 def _error(exc: ResponseError) -> RedisError:
-    text = str(exc)
-    if text.startswith("NOSCRIPT"):
-        return NoScriptError(text)
-    if text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
-        return AuthenticationError(text)
-    return exc
+    """The exception redis-py raises for this error reply: its own table, so that ``LOADING``
+    (a Redis reading its dump) is a ConnectionError the callers retry, ``NOSCRIPT`` a
+    NoScriptError, ``READONLY`` a ReadOnlyError, ``WRONGPASS`` an AuthenticationError..."""
+    error: RedisError = BaseParser.parse_error(str(exc))  # type: ignore[no-untyped-call]
+    return error
 
 
 def _is_message(reply: Reply) -> bool:

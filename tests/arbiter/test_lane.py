@@ -13,11 +13,17 @@ from collections.abc import Iterator
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    NoScriptError,
+    ReadOnlyError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from supervisor.arbiter.lane import Lane, subscribe
+from supervisor.arbiter.lane import Lane, _error, subscribe
 from tests.redis_server import RedisServer, short_tempdir
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,6 +54,8 @@ async def test_replies_in_order_and_errors_as_redis_py_raises_them(
         assert await lane.pipeline(["GET", "k"], ["MGET", "k", "none"]) == [b"v", [b"v", None]]
         with pytest.raises(ResponseError, match="WRONGTYPE"):
             await lane.execute("LPUSH", "k", "x")
+        with pytest.raises(NoScriptError):
+            await lane.execute("EVALSHA", "0" * 40, 0)
         assert await lane.execute("GET", "k") == b"v"  # an error reply spoils nothing
     finally:
         lane.close()
@@ -66,6 +74,20 @@ async def test_a_script_redis_lost_is_sent_again_whole(redis_server: RedisServer
     finally:
         lane.close()
         await client.aclose()
+
+
+def test_error_replies_are_redis_pys_exceptions() -> None:
+    """``LOADING`` is what a Redis restarted from a dump answers while it reads it: a
+    ConnectionError that the callers retry, as redis-py raises it (the chaos run found a
+    lease renewal that died of it as a plain ResponseError)."""
+    loading = _error(ResponseError("LOADING Redis is loading the dataset in memory"))
+    assert isinstance(loading, BusyLoadingError)
+    assert isinstance(loading, RedisConnectionError)
+    assert isinstance(_error(ResponseError("NOSCRIPT No matching script.")), NoScriptError)
+    assert isinstance(_error(ResponseError("READONLY You can't write")), ReadOnlyError)
+    assert isinstance(_error(ResponseError("WRONGPASS invalid")), AuthenticationError)
+    plain = _error(ResponseError("WRONGTYPE Operation against a key"))
+    assert type(plain) is ResponseError
 
 
 async def test_a_restarted_redis_is_reconnected_to(redis_server: RedisServer) -> None:
