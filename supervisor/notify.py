@@ -34,11 +34,13 @@ class Notifier:
         if self.address is None:
             return
         # Best effort by design: systemd gone, its socket full, or no socket to be had (out of
-        # descriptors, a sandbox without AF_UNIX) must not stop the daemon.
+        # descriptors, a sandbox without AF_UNIX) must not stop the daemon. Never blocking: a
+        # reader that falls ten datagrams behind (net.unix.max_dgram_qlen) would otherwise
+        # freeze the event loop in sendto, watchdog and all.
         with contextlib.suppress(OSError):
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto("\n".join(lines).encode(), self.address)
+            self._sock.sendto("\n".join(lines).encode(), socket.MSG_DONTWAIT, self.address)
 
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")

@@ -4,6 +4,7 @@ STOPPING on the way out; the children never see NOTIFY_SOCKET or WATCHDOG_*."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 from pathlib import Path
@@ -16,7 +17,7 @@ ENV_DUMP = ["sh", "-c", "env | sort; exec sleep 1000"]
 
 
 class NotifyListener:
-    """A datagram socket standing in for systemd's."""
+    """A datagram socket standing in for systemd's, read all along as systemd reads it."""
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / "notify.sock"
@@ -24,17 +25,34 @@ class NotifyListener:
         self.sock.bind(str(self.path))
         self.sock.setblocking(False)
         self.messages: list[str] = []
+        self._returned = 0  # next_with looks past the last message it returned
+        self._arrived = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self.messages.append((await loop.sock_recv(self.sock, 65536)).decode())
+            self._arrived.set()
 
     async def next_with(self, field: str, timeout: float = 15.0) -> str:
-        """The next datagram (from now on) that has a line starting with ``field``."""
-        loop = asyncio.get_running_loop()
+        """The first datagram after the last one returned that has a line starting with
+        ``field``."""
         async with asyncio.timeout(timeout):
             while True:
-                data = await loop.sock_recv(self.sock, 65536)
-                msg = data.decode()
-                self.messages.append(msg)
-                if any(line.startswith(field) for line in msg.splitlines()):
-                    return msg
+                for i in range(self._returned, len(self.messages)):
+                    msg = self.messages[i]
+                    if any(line.startswith(field) for line in msg.splitlines()):
+                        self._returned = i + 1
+                        return msg
+                self._arrived.clear()
+                await self._arrived.wait()
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        self.sock.close()
 
 
 async def test_notify_protocol_and_children_do_not_inherit_it(
@@ -45,7 +63,7 @@ async def test_notify_protocol_and_children_do_not_inherit_it(
     try:
         await _notify_protocol(redis_server, listener)
     finally:
-        listener.sock.close()
+        await listener.close()
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -85,3 +103,32 @@ async def _notify_protocol(redis_server: RedisServer, listener: NotifyListener) 
         stopping = [m for m in listener.messages if "STOPPING=1" in m]
         if not stopping:
             await listener.next_with("STOPPING=1", timeout=5)
+
+
+async def test_a_notify_socket_nobody_reads_does_not_stop_the_daemon(
+    redis_server: RedisServer,
+) -> None:
+    """systemd's socket takes ten datagrams (net.unix.max_dgram_qlen) and then blocks a
+    sender that waits: found as a daemon frozen in sendto, watchdog and control socket and all,
+    under a load that slowed the reader. Here nobody reads at all: the daemon goes on."""
+    directory = short_tempdir("as-n-")
+    deaf = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        deaf.bind(str(directory / "notify.sock"))
+        env = {"NOTIFY_SOCKET": str(directory / "notify.sock"), "WATCHDOG_USEC": "100000"}
+        async with running_daemon(
+            redis_url=redis_server.url,
+            blue=agent(RAW, "1.0.0"),
+            green=agent(RAW, "2.0.0"),
+            env=env,
+        ) as d:
+            await d.wait_status(lambda s: s["children"]["green"]["state"] == "RUNNING")
+            # Well past ten watchdog pings (one every 50 ms) and a STATUS per flip.
+            for color in ("green", "blue", "green"):
+                assert (await d.cli("switch", color, timeout=15)).rc == 0
+            await asyncio.sleep(1.0)  # more pings, into the full queue
+            status = await d.status()
+            assert status["active"] == "green"
+    finally:
+        deaf.close()
+        shutil.rmtree(directory, ignore_errors=True)
