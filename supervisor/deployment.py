@@ -59,6 +59,7 @@ from supervisor.notify import CHILD_ENV_STRIP
 from supervisor.pipeline import Pipeline
 from supervisor.rollout import Change, Rollout
 from supervisor.rollout.responder import Responder, alert_from_verdict
+from supervisor.rollout.state import Mode
 from supervisor.rollout.stepper import Stepper
 from supervisor.shadow import Shadow
 from supervisor.tasks import Tasks
@@ -835,6 +836,8 @@ class Deployment:
         self.shadow.child_exited(color)
         self.metrics.child_role_active.labels(color.value).set(0)
         self.metrics.child_restarts.labels(color.value).inc()
+        if self.rollout.state.mode is Mode.AB:
+            self._job(self.ab.arm_exited(color, returncode), "ab-arm-exited")
         if self.rollout.on_trial(color):
             self.pipeline.child_exited(child, returncode)
         elif self.rollout.state.active is color:

@@ -210,8 +210,25 @@ class AbTest:
             )
             return await self.report()
 
-    async def stop(self, winner: ArmName | None, by: str) -> dict[str, Any]:
-        """Refused: no_ab (and redis_unavailable from the flags)."""
+    async def arm_exited(self, color: Color, returncode: int) -> None:
+        """An arm's process ended on its own (the supervisor restarts it): the arms no longer
+        run side by side, and the other one was held at its share meanwhile. The test ends,
+        with no winner; its sums stay for ``ab report``."""
+        if self.rollout.state.mode is not Mode.AB:
+            return
+        arm = "a" if color is Color.BLUE else "b"
+        why = f"ab_stop: arm {arm} ({color.value}) exited with {returncode}"
+        log.warning("ab_arm_exited", arm=arm, color=color.value, returncode=returncode)
+        try:
+            await self.stop(None, "supervisor", why=why)
+        except (Refused, RedisUnavailable) as exc:
+            log.error(
+                "ab_not_stopped", error=str(exc), hint="`agentsup ab stop` once Redis answers"
+            )
+
+    async def stop(self, winner: ArmName | None, by: str, why: str | None = None) -> dict[str, Any]:
+        """Refused: no_ab (and redis_unavailable from the flags). ``why``: the flip's reason
+        (by default the winner, or none)."""
         async with self._lock:
             s = self.rollout.state
             t = s.ab
@@ -223,7 +240,7 @@ class AbTest:
                 value = t.a if winner == "a" else t.b
                 await self.flags.set(t.flag, value, None, by, f"{REASON}: winner {winner}")
             await self._remove_values(t.flag, by, f"{REASON} ended")
-            reason = (
+            reason = why or (
                 f"ab_stop: winner {winner} ({t.flag}={value})" if winner else "ab_stop: no winner"
             )
             change = await self.rollout.ab_stop(reason, by)
@@ -234,6 +251,7 @@ class AbTest:
                 "value": value,
                 "epoch": change.epoch,
                 "verdict": report["verdict"],
+                "reason": reason,
             }
             await self._save(force=True)
             log.info(

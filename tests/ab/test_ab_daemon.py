@@ -6,6 +6,7 @@ or kill -9) keeps the arms and their sums, and every refusal is a clear code."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import signal
@@ -318,3 +319,34 @@ async def test_refusals_with_one_version(redis_server: RedisServer, plays: Path)
             after["candidate"],
             after["flips"][:2],
         )
+
+
+@pytest.mark.parametrize("arm", ["a", "b"])
+async def test_an_arm_whose_process_dies_ends_the_test(
+    redis_server: RedisServer, plays: Path, arm: str
+) -> None:
+    """Killed with -9, an arm's process is restarted; the test does not wait for it: the arms
+    no longer ran side by side, and the other arm was held at its share meanwhile. It ends
+    with no winner (blue in charge alone, green standing by), its sums kept for the report."""
+    blue, green = agents(plays)
+    async with running_daemon(
+        redis_url=redis_server.url, blue=blue, green=green, sections={"flags": FLAGS}
+    ) as d:
+        st = await ab_start(d)
+        color = "blue" if arm == "a" else "green"
+        await until(lambda: grants(plays, color, st["epoch"]) >= 5, f"{color} playing")
+        os.kill(d.child_pids()[color], signal.SIGKILL)
+        stopped = await d.wait_log("ab_stopped", timeout=20)
+        assert stopped["winner"] is None
+        assert stopped["by"] == "supervisor"
+        st = await d.status()
+        assert (st["mode"], st["active"], st["candidate"]) == ("blue-green", "blue", None)
+        flip = d.find("flip", epoch=stopped["epoch"])[0]
+        assert flip["reason"] == f"ab_stop: arm {arm} ({color}) exited with -9"
+        r = await report(d)
+        assert r["running"] is False
+        assert r["ended"]["reason"] == flip["reason"]
+        assert r["arms"][arm]["rounds"] > 0  # the sums were kept
+        # Neither arm keeps a value of its own: both read the global flag again.
+        assert redis_server.cli("EXISTS", f"t:flags:color:{color}:crash_target") == "0"
+        await d.wait_status(lambda s: s["children"][color]["state"] == "RUNNING")
