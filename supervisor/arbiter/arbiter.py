@@ -197,8 +197,8 @@ class Arbiter:
         ).decode()
         self.holds_lease = False
         self.lease_ttl_s: float | None = None
-        # Grant sequence numbers journaled by permit() (only while tail_grants() runs).
-        self._tailing = False
+        # Grant sequence numbers in the journal (the latest 100,000): the grant log's tail
+        # skips them.
         self._journaled: set[int] = set()
         self._journaled_order: deque[int] = deque(maxlen=100_000)
         # Told of every failed write to state_dir (the daemon counts, logs and alerts).
@@ -217,6 +217,9 @@ class Arbiter:
     def load_journal(self) -> None:
         """Open the journal; the highest sequence in it is a floor Redis must not be under."""
         self.journal.open()
+        grants = list(self.journal.grants())  # those not expired: the tail skips them
+        for grant in grants:
+            self._remember(grant.seq)
         self.seq = max(self.seq, self.journal.highest_seq())
 
     def telling(self, epoch: int) -> None:
@@ -398,49 +401,66 @@ class Arbiter:
         except DurableWriteError as exc:
             self.on_write_failure("journal", exc)
             return "unavailable"
-        if self._tailing:
-            if len(self._journaled_order) == self._journaled_order.maxlen:
-                self._journaled.discard(self._journaled_order[0])
-            self._journaled_order.append(seq)
-            self._journaled.add(seq)
+        self._remember(seq)  # the grant log's tail skips it
         return "ok"
 
     async def tail_grants(self) -> None:
         """Journal the grants children made themselves (direct permits, ``child_access =
         "permit"``), read from the grant log the permit script appends to. Runs until
         cancelled. What this cannot cover, and the README says so: a grant Redis forgot
-        before this read it (the moment between the grant and the read, ~1 ms)."""
-        self._tailing = True
-        last = "$"
+        before this read it (the moment between the grant and the read, ~1 ms).
+
+        It reads the log from its start (what a child was granted before this daemon read
+        anything is journaled too, once: what load_journal() found is skipped), and
+        never loses its place: a read that fails is tried again from the same entry. Each
+        read blocks for less than the client's socket timeout, which would otherwise end
+        every quiet read in an error."""
+        timeout = self.redis.connection_pool.connection_kwargs.get("socket_timeout") or 1.0
+        block_ms = max(10, int(float(timeout) * 1000 / 2))
+        last = "0-0"
         while True:
             try:
                 found: Any = await self.redis.xread(
-                    {self.keys.grant_log: last}, count=1000, block=1000
+                    {self.keys.grant_log: last}, count=1000, block=block_ms
                 )
             except (*_TRANSIENT, RedisError):
-                await asyncio.sleep(0.5)  # Redis away: nothing is granted meanwhile
+                # Redis away, or back: read again soon. What children are granted once it is
+                # back must be read before it can go away again (the chaos run restarted it
+                # twice 300 ms apart: a half-second pause here lost the grants in between).
+                await asyncio.sleep(0.05)
                 continue
             for _stream, entries in found or []:
                 for entry_id, fields in entries:
                     last = _text(entry_id)
-                    self._journal_logged(fields)
+                    self._journal_logged(last, fields)
 
-    def _journal_logged(self, fields: dict[Any, Any]) -> None:
+    def _remember(self, seq: int) -> None:
+        if len(self._journaled_order) == self._journaled_order.maxlen:
+            self._journaled.discard(self._journaled_order[0])
+        self._journaled_order.append(seq)
+        self._journaled.add(seq)
+
+    def _journal_logged(self, entry_id: str, fields: dict[Any, Any]) -> None:
         f = {_text(k): _text(v) for k, v in fields.items()}
         try:
             seq, epoch, ttl = int(f["seq"]), int(f["epoch"]), int(f["ttl"])
+            granted_ms = int(entry_id.split("-", 1)[0])  # Redis's clock, when it was granted
         except (KeyError, ValueError):
             return
         if seq in self._journaled:
-            return  # ours: journaled before the child heard ok
+            return  # journaled already: by permit() before the child heard ok, or earlier
+        expires = granted_ms + ttl
+        if expires <= int(time.time() * 1000):
+            return  # its key is gone from Redis by now: nothing to put back
         self.seq = max(self.seq, seq)
-        expires = int(time.time() * 1000) + ttl
         try:
             self.journal.append(
                 Grant(seq, f.get("key", ""), f.get("color", ""), epoch, "", expires)
             )
         except DurableWriteError as exc:
             self.on_write_failure("journal", exc)
+            return
+        self._remember(seq)
 
     async def import_grants(self, redis_seq: int) -> int:
         """Journal the executed keys Redis holds that this host never journaled: grants made

@@ -531,13 +531,14 @@ async def test_a_grant_permit_journaled_itself_is_not_journaled_again_from_the_l
     def logged(seq: int) -> None:
         key = f"order-{seq - 1}"
         arbiter._journal_logged(
+            f"{int(time.time() * 1000)}-0",
             {
                 b"seq": str(seq).encode(),
                 b"key": key.encode(),
                 b"color": b"blue",
                 b"epoch": b"1",
                 b"ttl": b"60000",
-            }
+            },
         )
 
     logged(3)  # remembered: not again
@@ -545,6 +546,46 @@ async def test_a_grant_permit_journaled_itself_is_not_journaled_again_from_the_l
     assert [g.key for g in arbiter.journal.grants()] == ["order-0", "order-1", "order-2"]
     logged(1)  # forgotten: journaled again (harmless: restoring it twice is one SET NX)
     assert [g.key for g in arbiter.journal.grants()][3:] == ["order-0"]
+
+
+async def test_the_tail_journals_grants_made_before_its_first_read_and_never_loses_its_place(
+    redis_server: RedisServer, state_dir: Path
+) -> None:
+    """Found by the chaos run with direct permits: the tail began at '$' (what a child was
+    granted before the first read was never journaled) and blocked for as long as the socket
+    timeout (each quiet read ended in a timeout, and the next began at '$' again, so a grant
+    made meanwhile was lost). Here the socket timeout is short and the grants are spaced past
+    it; an entry already in the journal, or expired, is not journaled again."""
+    arbiter = Arbiter(Redis.from_url(redis_server.url, socket_timeout=0.3), KEYS, state_dir, 60)
+    arbiter.load_journal()
+    tail: asyncio.Task[None] | None = None
+    try:
+        await arbiter.flip("blue", "start", "test")
+        assert await arbiter.permit("blue", 1, "order-0", "tok") == "ok"  # journaled itself
+        assert direct_permit(redis_server, "order-early") == "ok"  # before any tail
+        tail = asyncio.create_task(arbiter.tail_grants())
+        assert await journaled(arbiter, 2) == ["order-0", "order-early"]
+        for n in range(4):
+            await asyncio.sleep(0.4)  # past the socket timeout: quiet reads in between
+            assert direct_permit(redis_server, f"order-{n + 1}") == "ok"
+        keys = await journaled(arbiter, 6)
+        assert keys == ["order-0", "order-early", "order-1", "order-2", "order-3", "order-4"]
+        assert arbiter.seq == 6
+        # A daemon started again reads the log from its start: nothing twice.
+        await stop(tail)
+        again = Arbiter(Redis.from_url(redis_server.url), KEYS, state_dir, 60)
+        again.load_journal()
+        tail = asyncio.create_task(again.tail_grants())
+        await tailing(again)
+        assert direct_permit(redis_server, "order-5") == "ok"
+        assert (await journaled(again, 7))[6:] == ["order-5"]
+        again.journal.close()
+        await again.redis.aclose()
+    finally:
+        if tail is not None:
+            await stop(tail)
+        arbiter.journal.close()
+        await arbiter.redis.aclose()
 
 
 async def test_grants_made_under_another_daemon_are_imported(
