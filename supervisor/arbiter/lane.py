@@ -3,7 +3,7 @@
 An operator's ``SET`` reaches the children through one keyspace notification, one script call
 and one push. On an idle machine almost all of that is waking processes and running cold code,
 and redis-py's asyncio client is a lot of cold code per call (its pool, retry, parser, timeout
-and callback layers): a ``GET`` after 20 ms of idleness took 560 µs through it and 210 µs
+and callback layers): a ``GET`` after 20 ms of idleness took 523 µs through it and 266 µs
 through a bare protocol on the same socket (``bench/lane_rtt.py``). So the scripts of the fence
 (flip, adopt, permit, lease) and the keyspace notifications that wake the reconciler go through
 this module: an :class:`asyncio.Protocol` feeding hiredis's reader (already installed with
