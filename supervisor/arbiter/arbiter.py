@@ -217,10 +217,12 @@ class Arbiter:
     def load_journal(self) -> None:
         """Open the journal; the highest sequence in it is a floor Redis must not be under."""
         self.journal.open()
-        grants = list(self.journal.grants())  # those not expired: the tail skips them
-        for grant in grants:
-            self._remember(grant.seq)
-        self.seq = max(self.seq, self.journal.highest_seq())
+        now_ms, highest = int(time.time() * 1000), 0
+        for grant in self.journal.grants(0):  # one read: the highest, and the seqs to skip
+            highest = max(highest, grant.seq)
+            if grant.expires_ms > now_ms:
+                self._remember(grant.seq)  # the grant log's tail skips them
+        self.seq = max(self.seq, highest)
 
     def telling(self, epoch: int) -> None:
         """Called before an epoch is pushed to a child: the told mark rises first."""
